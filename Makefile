@@ -1,0 +1,44 @@
+# Two commands on a fresh Debian 12 machine: `make lab-run` and `make test`. Each sets itself up.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+LAB     := $(VENV)/bin/lab
+export LAB_URI ?= qemu:///system
+
+.PHONY: setup host venv libvirt image lab-run test test-unit test-live bench clean
+
+setup: host venv libvirt
+
+host:
+	@bash scripts/host-setup.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+libvirt: host
+	@bash scripts/start-libvirt.sh
+
+image: setup
+	$(LAB) images build debian12
+
+lab-run: image
+	$(LAB) run $(SCENARIOS)
+
+test: image
+	$(PY) -m pytest -v -rs tests
+
+test-unit: venv
+	$(PY) -m pytest -v -m 'not live' tests
+
+test-live: image
+	$(PY) -m pytest -v -m live tests
+
+bench: image
+	$(PY) -m lab.bench --out bench.json
+
+clean: venv
+	$(LAB) clean

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds the default guest offline from Debian's packages: no loop mounts, no network in the guest.
+# Usage: build.sh OUTDIR   (writes OUTDIR/disk.qcow2, OUTDIR/vmlinuz, OUTDIR/initrd.img, OUTDIR/kernel-version)
+set -euo pipefail
+out=$1
+here=$(cd "$(dirname "$0")" && pwd)
+mirror=${LAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+security=${LAB_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+rootfs="$out/rootfs"
+step() { echo "image: $*" >&2; }
+
+packages=$(grep -v '^#' "$here/packages.txt" | xargs | tr ' ' ,)
+step "mmdebstrap bookworm ($packages)"
+mmdebstrap --mode=root --variant=important --quiet \
+  --include="$packages" \
+  --aptopt='Acquire::Check-Valid-Until "false"' \
+  --customize-hook="\"$here/customize.sh\" \"\$1\"" \
+  bookworm "$rootfs" \
+  "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
+
+version=$(ls "$rootfs/lib/modules")
+cp "$rootfs/boot/vmlinuz-$version" "$out/vmlinuz"
+cp "$rootfs/boot/initrd.img-$version" "$out/initrd.img"
+echo "$version" > "$out/kernel-version"
+
+step "ext4 filesystem from the tree (kernel $version)"
+truncate -s 3G "$out/disk.raw"
+mkfs.ext4 -q -L labroot -d "$rootfs" "$out/disk.raw"
+rm -rf "$rootfs"
+step "qcow2 base"
+qemu-img convert -O qcow2 "$out/disk.raw" "$out/disk.qcow2"
+chmod 0444 "$out/disk.qcow2"  # runs write to overlays only
+rm -f "$out/disk.raw"

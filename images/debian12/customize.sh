@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# mmdebstrap customize hook: runs on the host with the new root as $1.
+set -euo pipefail
+root=$1
+version=$(ls "$root/lib/modules")
+
+echo panic-lab > "$root/etc/hostname"
+echo 'LABEL=labroot / ext4 rw,errors=remount-ro 0 1' > "$root/etc/fstab"
+
+# Only the NoCloud seed is looked for: probing other clouds costs minutes under TCG.
+cat > "$root/etc/cloud/cloud.cfg.d/90-panic-lab.cfg" <<'CFG'
+datasource_list: [ NoCloud, None ]
+CFG
+
+# kdump-tools reads /etc/default/kdump-tools once, early; cloud-init writes it on first boot.
+mkdir -p "$root/etc/systemd/system/kdump-tools.service.d"
+cat > "$root/etc/systemd/system/kdump-tools.service.d/after-cloud-init.conf" <<'UNIT'
+[Unit]
+After=cloud-init.service
+UNIT
+
+# kdump-tools' own hook cannot build its initrd in a chroot (MODULES=dep needs the real root
+# device), so build it here with an explicit list covering every disk path the profiles use.
+kd="$root/var/lib/kdump"
+rm -rf "$kd/initramfs-tools"
+cp -pr "$root/etc/initramfs-tools" "$kd/initramfs-tools"
+echo MODULES=list > "$kd/initramfs-tools/conf.d/zzz-kdump"
+printf '%s\n' virtio_pci virtio_blk virtio_scsi ata_piix ata_generic libata sd_mod sr_mod scsi_mod ext4 \
+  >> "$kd/initramfs-tools/modules"
+echo KDUMP=y >> "$kd/initramfs-tools/initramfs.conf"
+chroot "$root" mkinitramfs -d /var/lib/kdump/initramfs-tools -o "/var/lib/kdump/initrd.img-$version" "$version"
+# Without this stamp kdump-config rebuilds the initrd on every boot.
+cp "$root/etc/kdump/sysctl.conf" "$kd/latest_sysctls-$version"
+
+# Nothing in the guest needs these, and under TCG they steal seconds from every boot.
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service; do
+  chroot "$root" systemctl mask "$unit" >/dev/null 2>&1 || true
+done

@@ -1,0 +1,148 @@
+"""Which accelerator really works here, decided by a short boot probe (never by /dev/kvm alone).
+
+On this kind of host /dev/kvm opens but a KVM guest hangs right after "Probing EDD", so only a kernel
+that actually boots under KVM within the deadline counts. The answer, and the Hyper-V enlightenments
+libvirt and QEMU accept for that accelerator, are cached per host kernel, QEMU and libvirt version.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import select
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+import libvirt
+
+from . import paths
+from .errors import HostError
+
+PROBE_SECONDS = 20.0
+PROBE_DONE = b"Kernel panic - not syncing"   # the kernel got all the way to mounting root
+
+# Everything the lab asks for, in the order QEMU's dependencies need (synic/stimer need vpindex/time).
+HYPERV_WANTED = [
+    ("relaxed", {}), ("vapic", {}), ("spinlocks", {"retries": "8191"}), ("vpindex", {}),
+    ("runtime", {}), ("synic", {}), ("stimer", {}), ("frequencies", {}), ("reset", {}),
+    ("vendor_id", {"value": "Microsoft Hv"}),
+]
+
+
+@dataclass(frozen=True)
+class Accel:
+    name: str                  # "kvm" or "tcg"
+    domain_type: str           # libvirt <domain type=...>
+    cpu_mode: str
+    hyperv: tuple              # accepted enlightenments: ((name, attrs), ...)
+    hyperv_rejected: tuple
+    probe: str                 # how the choice was made
+
+    def hyperv_elements(self) -> list[dict]:
+        return [{"name": n, "attrs": dict(a)} for n, a in self.hyperv]
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["hyperv"] = [n for n, _ in self.hyperv]
+        data["hyperv_rejected"] = list(self.hyperv_rejected)
+        return data
+
+
+TCG_BASE = dict(name="tcg", domain_type="qemu", cpu_mode="custom")
+KVM_BASE = dict(name="kvm", domain_type="kvm", cpu_mode="host-passthrough")
+
+
+def _cache_file(conn: libvirt.virConnect) -> str:
+    ident = f"{platform.release()}-{conn.getVersion()}-{conn.getLibVersion()}"
+    return str(paths.cache_dir() / f"accel-{ident}.json")
+
+
+def detect(conn: libvirt.virConnect, kernel: str, render) -> Accel:
+    """`render(accel_dict, hyperv) -> xml` builds a disk-less probe domain from the real template."""
+    forced = os.environ.get("LAB_ACCEL")
+    if forced and forced not in ("kvm", "tcg"):
+        raise HostError("accel", f"LAB_ACCEL={forced!r}: expected kvm or tcg")
+    cache = _cache_file(conn)
+    cached = {}
+    if os.path.exists(cache):
+        with open(cache) as f:
+            cached = json.load(f)
+    choice = forced or cached.get("choice")
+    probe = cached.get("probe", "")
+    if not choice:
+        choice, probe = _probe_kvm(conn, kernel, render)
+    elif forced:
+        probe = f"forced by LAB_ACCEL={forced}"
+    base = KVM_BASE if choice == "kvm" else TCG_BASE
+    hv_key = f"hyperv-{choice}"
+    if hv_key not in cached:
+        cached[hv_key] = _probe_hyperv(conn, kernel, render, base)
+    if not forced:
+        cached.update(choice=choice, probe=probe)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache, "w") as f:
+        json.dump(cached, f, indent=2)
+    accepted = tuple((n, tuple(sorted(dict(a).items()))) for n, a in HYPERV_WANTED if n in cached[hv_key])
+    rejected = tuple(n for n, _ in HYPERV_WANTED if n not in cached[hv_key])
+    return Accel(hyperv=tuple((n, a) for n, a in accepted), hyperv_rejected=rejected, probe=probe, **base)
+
+
+def _start_paused(conn, xml):
+    return conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+
+
+def _probe_hyperv(conn, kernel, render, base) -> list[str]:
+    """Keep each enlightenment QEMU starts with, adding them one by one in dependency order."""
+    accepted: list[str] = []
+    for name, attrs in HYPERV_WANTED:
+        trial = [(n, a) for n, a in HYPERV_WANTED if n in accepted or n == name]
+        try:
+            dom = _start_paused(conn, render(base, [{"name": n, "attrs": a} for n, a in trial], f"hvprobe-{name}"))
+        except libvirt.libvirtError:
+            continue
+        dom.destroy()
+        accepted.append(name)
+    return accepted
+
+
+def _probe_kvm(conn, kernel, render) -> tuple[str, str]:
+    if not os.path.exists("/dev/kvm"):
+        return "tcg", "no /dev/kvm"
+    try:
+        dom = _start_paused(conn, render(KVM_BASE, [], "kvmprobe"))
+    except libvirt.libvirtError as exc:
+        return "tcg", f"KVM domain did not start: {exc.get_error_message()[:120]}"
+    try:
+        import xml.etree.ElementTree as ET
+        pty = ET.fromstring(dom.XMLDesc()).find("./devices/serial/source").get("path")
+        fd = os.open(pty, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            import termios
+            import tty
+            tty.setraw(fd, termios.TCSANOW)
+            dom.resume()
+            seen = b""
+            deadline = time.monotonic() + PROBE_SECONDS
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if ready:
+                    try:
+                        seen = (seen + os.read(fd, 65536))[-65536:]
+                    except BlockingIOError:
+                        continue
+                if PROBE_DONE in seen:
+                    return "kvm", f"KVM probe kernel reached panic-on-no-root in {PROBE_SECONDS - (deadline - time.monotonic()):.1f} s"
+            tail = seen.decode(errors="replace").strip().splitlines()[-1:] or ["<no output>"]
+            return "tcg", f"KVM probe kernel did not boot within {PROBE_SECONDS:.0f} s (last line: {tail[0][:80]})"
+        finally:
+            os.close(fd)
+    finally:
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass
+
+
+def probe_name(prefix: str) -> str:
+    return f"{paths.NAME_PREFIX}{prefix}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,111 @@
+"""`lab`: run scenarios on real guests, classify saved logs, list images, clean up."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from . import paths
+from .errors import LabError
+
+
+def _cmd_run(args) -> int:
+    from . import report, runner, scenario as sc
+    scenarios = [sc.with_overrides(sc.resolve(name), args.set) for name in (args.scenarios or list(sc.BASE_SCENARIOS))]
+    results = Path(args.results) if args.results else paths.results_dir()
+    reports = []
+    for s in scenarios:
+        reports.append(runner.run(s, results))
+    if args.json:
+        print(json.dumps(reports, indent=2, default=str))
+    else:
+        print(report.table(reports))
+        print(f"\nartifacts: {results}")
+    failed = [r for r in reports if r["expectation_met"] is False or r["cut_short"]]
+    return 1 if failed else 0
+
+
+def _cmd_classify(args) -> int:
+    from . import transcript, verdict
+    outputs = []
+    sources = args.files or ["-"]
+    for name in sources:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            try:
+                data = Path(name).read_bytes()
+            except OSError as exc:
+                raise LabError("classify", f"cannot read {name}: {exc.strerror}") from None
+        v = verdict.derive(transcript.read(data))
+        outputs.append({"file": name, **v.to_json()})
+    if args.json:
+        print(json.dumps(outputs if len(outputs) > 1 else outputs[0], indent=2))
+    else:
+        for out in outputs:
+            print(f"{out['file']}: {out['verdict']} (stage {out['stage']}): {out['diagnosis']}")
+            for ev in out["evidence"]:
+                print(f"    line {ev['line']}: {ev['text']}")
+    return 0
+
+
+def _cmd_images(args) -> int:
+    from . import image
+    if args.action == "build":
+        img = image.ensure(args.name or "debian12")
+        print(img.disk)
+        return 0
+    for row in image.listing():
+        state = f"cached, {row['size_bytes'] / 2**20:.0f} MiB, {row['disk']}" if row["cached"] else "not built"
+        print(f"{row['name']:<10} {row['key']}  {state}")
+    return 0
+
+
+def _cmd_clean(args) -> int:
+    from . import clean
+    for line in clean.clean(images=args.images):
+        print(line)
+    return 0
+
+
+def _terminate(signum, _frame):
+    # SIGTERM unwinds like Ctrl-C, so every run's cleanup (domain, overlay, console) still happens.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run scenarios on real guests (default: the three base scenarios)")
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario value")
+    p.add_argument("--results", metavar="DIR", help="where run folders go (default: ./results)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_run)
+    p = sub.add_parser("classify", help="classify saved serial logs (or stdin) into a verdict")
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_classify)
+    p = sub.add_parser("images", help="list images, or build one")
+    p.add_argument("action", nargs="?", choices=["list", "build"], default="list")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(fn=_cmd_images)
+    p = sub.add_parser("clean", help="remove what the lab made: its domains, overlays and probe leftovers")
+    p.add_argument("--images", action="store_true", help="also remove cached images")
+    p.set_defaults(fn=_cmd_clean)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.fn(args)
+    except LabError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

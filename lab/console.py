@@ -1,0 +1,135 @@
+"""Stage 3, console: pexpect on `virsh console`, attached while the domain is paused so no byte is missed.
+
+Every byte read goes to the transcript first; matching is done on what the transcript's reader saw.
+"""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pexpect
+
+from .deadline import Deadline
+from .errors import HostError, LabError
+from .seed import PASSWORD
+from .transcript import Event, Transcript
+
+SHELL_PROMPT = re.compile(r"root@[^:\s]+:[^\n]*# ?$")
+KEY_VALUE = re.compile(r"^lab:([\w.-]+)=(.*)$")
+
+
+class ConsoleClosed(HostError):
+    pass
+
+
+class Console:
+    def __init__(self, uri: str, domain_name: str, transcript: Transcript):
+        self.uri = uri
+        self.domain_name = domain_name
+        self.transcript = transcript
+        self.child: pexpect.spawn | None = None
+        self.text = ""          # the recent console text, for prompt and command matching
+        self._dropped = 0       # characters trimmed from the front of self.text
+        self._events_seen = 0
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def attach(self, deadline: Deadline) -> None:
+        self.child = pexpect.spawn("virsh", ["-c", self.uri, "console", self.domain_name, "--force"],
+                                   encoding=None, echo=False, timeout=None)
+        try:
+            # virsh's own banner; guest bytes start only after the domain is resumed.
+            self.child.expect(rb"Escape character is [^\n]*\n", timeout=max(deadline.remaining(), 0.1))
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            said = (self.child.before or b"").decode(errors="replace").strip()
+            self.close()
+            raise HostError("console", f"virsh console did not attach to {self.domain_name}: {said[:200] or 'no output'}") from None
+
+    def pump(self, timeout: float) -> list[Event]:
+        """Read what the console has (waiting at most `timeout`), log it, return the new marker events."""
+        assert self.child is not None
+        try:
+            data = self.child.read_nonblocking(65536, timeout=max(timeout, 0.01))
+        except pexpect.TIMEOUT:
+            return []
+        except pexpect.EOF:
+            raise ConsoleClosed("console", "the console closed (the domain is gone)") from None
+        events = self.transcript.write(data)
+        self.text += data.decode(errors="replace")
+        if len(self.text) > 262144:
+            self._dropped += len(self.text) - 131072
+            self.text = self.text[-131072:]
+        return events
+
+    def new_events(self) -> list[Event]:
+        events = self.transcript.reader.events[self._events_seen:]
+        self._events_seen = len(self.transcript.reader.events)
+        return events
+
+    def send(self, text: str) -> None:
+        assert self.child is not None
+        self.child.send(text.encode())
+
+    def wait_text(self, pattern: re.Pattern, deadline: Deadline, since: int, what: str) -> re.Match:
+        while True:
+            m = pattern.search(self.text, max(0, since - self._dropped))
+            if m:
+                return m
+            if deadline.expired():
+                raise LabError("console", f"{what}: not seen within {deadline.seconds:.0f} s ({deadline.name})")
+            self.pump(min(1.0, deadline.remaining()))
+
+    def mark(self) -> int:
+        return self._dropped + len(self.text)
+
+    def close(self) -> None:
+        if self.child is not None:
+            self.child.close(force=True)
+            self.child = None
+
+    # -- guest interaction ----------------------------------------------------------------------
+    def login(self, deadline: Deadline) -> float:
+        """Wait for a getty, log in as root; returns the host time the prompt was seen."""
+        prompt_t = None
+        while True:
+            for event in self.new_events():
+                if event.kind == "login_prompt":
+                    prompt_t = event.t
+            if prompt_t is not None:
+                break
+            if deadline.expired():
+                raise LabError("console", f"no login prompt within {deadline.seconds:.0f} s ({deadline.name})")
+            self.pump(min(1.0, deadline.remaining()))
+        for _attempt in range(5):
+            start = self.mark()
+            self.send("root\r")
+            self.wait_text(re.compile(r"[Pp]assword: ?$", re.M), deadline, start, "password prompt")
+            start = self.mark()
+            self.send(PASSWORD + "\r")
+            m = self.wait_text(re.compile(r"root@[^:\s]+:[^\n]*# ?$|Login incorrect", re.M), deadline, start, "shell prompt")
+            if "Login incorrect" not in m.group(0):
+                return prompt_t
+            self.wait_text(re.compile(r"login: ?$", re.M), deadline, self.mark() - 20, "login prompt after a failed login")
+        raise LabError("console", "root login refused five times: the seed's password was not applied")
+
+    def command(self, command: str, deadline: Deadline) -> tuple[int, str]:
+        token = uuid.uuid4().hex[:8]
+        start = self.mark()
+        # The echoed command line cannot match the marker: printf assembles it from pieces.
+        self.send(f"{command}; printf 'LAB%s-%s-%s\\n' DONE $? {token}\r")
+        m = self.wait_text(re.compile(rf"LABDONE-(\d+)-{token}"), deadline, start, f"`{command}` to finish")
+        return int(m.group(1)), self.text[max(0, start - self._dropped):m.start()]
+
+    def facts(self, command: str, deadline: Deadline) -> dict[str, str]:
+        """Run a guest helper that prints `lab:key=value` lines; return them as a dict."""
+        _rc, output = self.command(command, deadline)
+        found = {}
+        for line in output.replace("\r", "").split("\n"):
+            m = KEY_VALUE.match(line.strip())
+            if m:
+                found[m.group(1)] = m.group(2).strip()
+        return found
+
+    def trigger(self, how: str = "sysrq-c") -> float:
+        self.send("echo c > /proc/sysrq-trigger\r")
+        return time.monotonic()

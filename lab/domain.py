@@ -1,0 +1,134 @@
+"""Stage 2, domain: a throw-away overlay, the cloud-init seed and a transient libvirt domain, started paused."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import libvirt
+
+from . import paths
+from .accel import Accel
+from .errors import HostError
+from .image import Image
+from .scenario import Scenario
+from .seed import Seed, render as render_seed, write_iso
+
+# Hardware profiles: what the guest's virtual machine looks like. One place for every device choice.
+PROFILES = {
+    "default": {"template": "default.xml.j2", "machine": "pc", "disk_bus": "virtio", "disk_target": "vda",
+                "sysinfo": None},
+}
+
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.DOMAINS), autoescape=True,
+                          undefined=jinja2.StrictUndefined)
+
+
+def render_xml(profile: str, **context) -> str:
+    spec = PROFILES[profile]
+    values = {k: v for k, v in spec.items() if k != "template"}
+    values.update(context)
+    values.setdefault("metadata_ns", paths.METADATA_NS)
+    values.setdefault("emulator", shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64")
+    return _env.get_template(spec["template"]).render(**values)
+
+
+def probe_renderer(kernel: str, run_as_root: bool):
+    """A disk-less domain for the accelerator probes, from the same template as real runs."""
+    def render(accel: dict, hyperv: list, label: str) -> str:
+        return render_xml("default", accel=accel, hyperv=hyperv, name=f"{paths.NAME_PREFIX}{label}-{uuid.uuid4().hex[:6]}",
+                          uuid=str(uuid.uuid4()), run_id="probe", scenario="probe", memory_mib=256, vcpus=1,
+                          kernel=kernel, initrd=None, cmdline="console=ttyS0,115200 panic=-1", overlay=None,
+                          seed=None, run_as_root=run_as_root)
+    return render
+
+
+def run_as_root(conn: libvirt.virConnect) -> bool:
+    # qemu:///system runs QEMU as libvirt-qemu, which cannot reach a cache under /root.
+    return os.geteuid() == 0 and conn.getURI().endswith("/system")
+
+
+@dataclass
+class Domain:
+    name: str
+    run_id: str
+    xml: str
+    workdir: Path
+    conn: libvirt.virConnect
+    seed: Seed
+    dom: libvirt.virDomain | None = None
+    callbacks: list = field(default_factory=list)
+
+    def start_paused(self) -> None:
+        try:
+            self.dom = self.conn.createXML(self.xml, libvirt.VIR_DOMAIN_START_PAUSED)
+        except libvirt.libvirtError as exc:
+            raise HostError("domain", f"libvirt refused to start {self.name}: {exc.get_error_message()}") from None
+
+    def resume(self) -> None:
+        assert self.dom is not None
+        self.dom.resume()
+
+    def state(self) -> str:
+        if self.dom is None:
+            return "absent"
+        try:
+            state, _reason = self.dom.state()
+        except libvirt.libvirtError:
+            return "absent"
+        return {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
+                libvirt.VIR_DOMAIN_SHUTOFF: "shutoff", libvirt.VIR_DOMAIN_CRASHED: "crashed"}.get(state, str(state))
+
+    def on_event(self, callback) -> None:
+        """callback(kind, detail) for libvirt lifecycle and reboot events of this domain."""
+        def lifecycle(_c, _d, event, detail, _o):
+            callback("libvirt_lifecycle", f"lifecycle event {event} detail {detail}")
+
+        def reboot(_c, _d, _o):
+            callback("libvirt_reset", "libvirt: guest reset (REBOOT event)")
+        assert self.dom is not None
+        for event_id, fn in ((libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
+                             (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, reboot)):
+            self.callbacks.append(self.conn.domainEventRegisterAny(self.dom, event_id, fn, None))
+
+    def teardown(self) -> None:
+        """Destroy the domain and delete the overlay and seed, whatever state they are in."""
+        for cb in self.callbacks:
+            try:
+                self.conn.domainEventDeregisterAny(cb)
+            except libvirt.libvirtError:
+                pass
+        self.callbacks.clear()
+        if self.dom is not None:
+            try:
+                self.dom.destroy()
+            except libvirt.libvirtError:
+                pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str) -> Domain:
+    name = f"{paths.NAME_PREFIX}{run_id}"
+    workdir = paths.work_dir() / run_id
+    workdir.mkdir(parents=True)
+    try:
+        overlay = workdir / "overlay.qcow2"
+        made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.disk),
+                               str(overlay)], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise HostError("domain", f"qemu-img create failed: {made.stderr.strip()[:200]}")
+        seed = render_seed(scenario, run_id)
+        iso = write_iso(seed, workdir)
+        xml = render_xml(scenario.profile, accel={"domain_type": accel.domain_type, "cpu_mode": accel.cpu_mode},
+                         hyperv=accel.hyperv_elements(), name=name, uuid=str(uuid.uuid4()), run_id=run_id,
+                         scenario=scenario.name, memory_mib=scenario.memory_mib, vcpus=scenario.vcpus,
+                         kernel=str(image.kernel), initrd=str(image.initrd), cmdline=scenario.cmdline(),
+                         overlay=str(overlay), seed=str(iso), run_as_root=run_as_root(conn))
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Domain(name, run_id, xml, workdir, conn, seed)

@@ -1,0 +1,47 @@
+"""The libvirt connection and its event loop, shared by every stage that talks to the hypervisor."""
+from __future__ import annotations
+
+import os
+import threading
+
+import libvirt
+
+from .errors import HostError
+
+DEFAULT_URI = "qemu:///system"
+_loop_started = False
+_lock = threading.Lock()
+
+
+def _quiet(_ctx, _err) -> None:
+    """libvirt prints every error to stderr by default; we raise them instead."""
+
+
+def uri() -> str:
+    return os.environ.get("LAB_URI") or DEFAULT_URI
+
+
+def _start_event_loop() -> None:
+    global _loop_started
+    with _lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+def connect(target: str | None = None) -> libvirt.virConnect:
+    target = target or uri()
+    libvirt.registerErrorHandler(_quiet, None)
+    _start_event_loop()
+    try:
+        return libvirt.open(target)
+    except libvirt.libvirtError as exc:
+        raise HostError("host", f"libvirt unreachable at {target}: {exc.get_error_message()} "
+                                "(start it with `make setup`, or set LAB_URI)") from None

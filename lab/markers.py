@@ -1,0 +1,145 @@
+"""Console markers, one table per stack: the data a reviewer audits, kept apart from the rules.
+
+Each row: (event, stack, regex). The regex is searched in one cleaned console line (no CR, no ANSI
+escapes, no kernel or host timestamp prefix). Rows marked PROMPT are also tried on an unterminated
+line, because prompts wait for input without a newline.
+
+Events, and what the verdict rules (verdict.py) make of them:
+  firmware          a BIOS/firmware banner: the machine was reset (never seen on a kexec)
+  kernel_banner     a kernel starts; kernel_cmdline says whether it is a capture kernel
+  kernel_cmdline    the command line of the kernel that just started
+  crashkernel       memory reserved for a capture kernel
+  kdump_armed       the first kernel has a capture kernel loaded
+  kdump_not_armed   the kdump tooling reports it could not arm
+  login_prompt      a getty is waiting: the system is up
+  crash_trigger     the crash was asked for (sysrq c)
+  oops              an oops/BUG/lockup: trouble, not yet a panic
+  panic             panic() started
+  panic_end         panic() finished printing; the kernel halts or reboots after this
+  reboot_announced  panic() will reset after N seconds (kernel.panic / panic=)
+  kexec_handover    the crashed kernel jumps to the capture kernel
+  restart           the kernel/userspace is resetting the machine now
+  dump_saving       the capture environment started writing the vmcore
+  dump_saved        the vmcore was written completely
+  dump_failed       the vmcore could not be written
+  waiting_root      the initramfs is waiting for its root/dump device
+  rescue_shell      an initramfs or emergency shell: nobody will continue unattended
+  hv_storage        Hyper-V VMBus/storage trouble
+  hypervisor        the guest names the hypervisor it detected
+  ata_ignored       ata_piix ignores IDE disks because DMI says Hyper-V (piix_ignore_devices_quirk)
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PROMPT = True
+
+
+@dataclass(frozen=True)
+class Marker:
+    event: str
+    stack: str
+    regex: re.Pattern
+    prompt: bool = False
+
+
+def _table(stack: str, rows: list[tuple]) -> list[Marker]:
+    return [Marker(row[0], stack, re.compile(row[1]), len(row) > 2 and row[2]) for row in rows]
+
+
+FIRMWARE = _table("firmware", [
+    ("firmware", r"^SeaBIOS \(version"),
+    ("firmware", r"^iPXE \(http"),
+    ("firmware", r"^Booting from (ROM|Hard Disk|DVD|Floppy)\.\.\."),
+    ("firmware", r"^BdsDxe: (loading|starting) Boot"),
+    ("firmware", r"^(UEFI|EFI) (firmware|v\d)"),
+    ("firmware", r"^OpenBIOS for "),
+    ("firmware", r"^U-Boot \d{4}\."),
+])
+
+KERNEL = _table("kernel", [
+    ("kernel_banner", r"Linux version \d+\.\d+\S* \("),
+    ("kernel_cmdline", r"^(?:Kernel )?[Cc]ommand line: (.*)"),
+    ("crashkernel", r"Reserving \d+MB of memory at \d+MB for crashkernel"),
+    ("crashkernel", r"crashkernel reserved: 0x"),
+    ("crash_trigger", r"sysrq: (?:SysRq : )?Trigger a crash"),
+    ("crash_trigger", r"SysRq : Trigger a crash"),
+    ("oops", r"(?:^|\] )(?:BUG: |Oops: |general protection fault|kernel BUG at|Unable to handle kernel)"),
+    ("oops", r"watchdog: BUG: soft lockup"),
+    ("panic", r"(?<!end )Kernel panic - not syncing: ?(.*)"),
+    ("panic_end", r"---\[ end Kernel panic"),
+    ("reboot_announced", r"Rebooting in (\d+) seconds"),
+    ("reboot_announced", r"systemd-shutdown\[1\]: Rebooting"),
+    ("kexec_handover", r"Starting crashdump kernel"),
+    ("kexec_handover", r"^kexec_core: Starting new kernel"),
+    ("restart", r"reboot: Restarting system"),
+    ("restart", r"Rebooting automatically due to panic= boot argument"),
+    ("hypervisor", r"Hypervisor detected: (.+)"),
+    ("ata_ignored", r"Hyper-V Virtual Machine detected, ATA device ignore set"),
+    ("kdump_armed", r"CPU: \d+ .*\bKdump: loaded\b"),
+])
+
+INIT = _table("init", [
+    ("login_prompt", r"^\S+ login: *\S*$", PROMPT),   # the typed user name may follow
+    ("waiting_root", r"Begin: Waiting for root file system"),
+    ("waiting_root", r"Waiting for root device"),
+    ("waiting_root", r"dracut-initqueue\[\d+\]: Warning: dracut-initqueue: timeout"),
+    ("waiting_root", r"dracut-initqueue.*(?:starting timeout scripts|[Tt]imed? ?out)"),
+    ("rescue_shell", r"Gave up waiting for root"),
+    ("rescue_shell", r"Dropping to a shell"),
+    ("rescue_shell", r"^\(initramfs\) *$", PROMPT),
+    ("rescue_shell", r"Entering emergency mode"),
+    ("rescue_shell", r"You are in emergency mode"),
+    ("rescue_shell", r"Give root password for maintenance"),
+    ("rescue_shell", r"dracut:/# *$", PROMPT),
+])
+
+KDUMP_TOOLS = _table("kdump-tools", [
+    ("kdump_armed", r"kdump-tools(?:\[\d+\])?: .*loaded kdump kernel"),
+    ("kdump_armed", r"^\[ *OK *\] .*[Ll]oaded kdump kernel"),
+    ("kdump_not_armed", r"kdump-tools(?:\[\d+\])?: .*(?:failed to load kdump kernel|[Nn]o crashkernel)"),
+    ("dump_saving", r"running makedumpfile .*/proc/vmcore"),
+    ("dump_saving", r"kdump-tools(?:\[\d+\])?: .*[Ss]aving vmcore"),
+    ("dump_saved", r"kdump-tools: saved vmcore in\b"),
+    ("dump_failed", r"kdump-tools: failed to save vmcore"),
+    ("dump_failed", r"kdump-tools: .*Cannot save core"),
+])
+
+DRACUT_KDUMP = _table("dracut-kdump", [
+    ("kdump_armed", r"kdump(?:\[\d+\])?: kexec: loaded kdump kernel"),
+    ("kdump_armed", r"Starting kdump: *\[ *OK *\]"),
+    ("kdump_not_armed", r"kdump(?:\[\d+\])?: .*(?:No memory reserved for crash kernel|Starting kdump: \[FAILED\])"),
+    ("kdump_not_armed", r"[Dd]eprecated kdump config option"),
+    ("kdump_not_armed", r"kdumpctl(?:\[\d+\])?: .*(?:failed|[Ee]rror)"),
+    ("dump_saving", r"kdump(?:\[\d+\])?: saving vmcore(?! complete| failed)"),
+    ("dump_saving", r"Starting Kdump Vmcore Save Service"),
+    ("dump_saved", r"kdump(?:\[\d+\])?: saving vmcore complete"),
+    ("dump_failed", r"kdump(?:\[\d+\])?: saving vmcore failed"),
+    ("dump_failed", r"makedumpfile Failed\."),
+    ("dump_failed", r"Executing failure action"),
+])
+
+SUSE_KDUMP = _table("suse-kdump", [
+    ("dump_saving", r"Saving dump using makedumpfile"),
+    ("dump_saving", r"^Saving dump to "),
+    ("dump_saved", r"Dump saving completed"),
+    ("dump_failed", r"Dump saving failed|Saving dump failed"),
+])
+
+HYPERV = _table("hyperv", [
+    ("hv_storage", r"hv_vmbus: probe failed"),
+    ("hv_storage", r"hv_vmbus: .*(?:[Tt]ime ?out|timed out|failed)"),
+    ("hv_storage", r"hv_storvsc.*(?:error|[Tt]ime ?out|failed)"),
+    ("hv_storage", r"storvsc.*(?:timed out|[Tt]ime ?out|failed to)"),
+    ("hv_storage", r"hyperv_fb: Time out"),
+    ("hv_storage", r"vmbus.*(?:[Tt]ime ?out|timed out)"),
+])
+
+STACKS = {"firmware": FIRMWARE, "kernel": KERNEL, "init": INIT, "kdump-tools": KDUMP_TOOLS,
+          "dracut-kdump": DRACUT_KDUMP, "suse-kdump": SUSE_KDUMP, "hyperv": HYPERV}
+ALL: list[Marker] = [marker for table in STACKS.values() for marker in table]
+PROMPTS: list[Marker] = [marker for marker in ALL if marker.prompt]
+
+# The capture kernel is told apart from a normal boot by what kdump tooling puts on its command line.
+CAPTURE_CMDLINE = re.compile(r"(?:^|\s)(?:elfcorehdr=|reset_devices(?:\s|$))")

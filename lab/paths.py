@@ -1,0 +1,27 @@
+"""Where the lab reads its recipes and writes its cache, runs and artifacts."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+IMAGES = PROJECT / "images"
+DOMAINS = PROJECT / "domains"
+
+NAME_PREFIX = "panic-lab-"
+METADATA_NS = "https://panic-lab.invalid/run/1"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("LAB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "panic-lab")
+    return Path(base)
+
+
+def work_dir() -> Path:
+    """Per-run scratch (overlays, seeds): removed when the run ends."""
+    return cache_dir() / "runs"
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("LAB_RESULTS_DIR") or (PROJECT / "results"))

@@ -1,0 +1,107 @@
+"""Stage 6, report: report.json for each run, and the verdict table for a set of runs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+from .verdict import Verdict
+
+HYPERV_LINE = "Microsoft Hyper-V"
+
+
+def _hyperv(accel, preflight: dict, transcript) -> dict:
+    seen = [e.text for e in transcript.reader.events if e.kind == "hypervisor"]
+    guest_saw = seen[0] if seen else None
+    honoured = bool(guest_saw and HYPERV_LINE in guest_saw)
+    if honoured:
+        note = "the guest detected Hyper-V: the enlightenments are in effect"
+    elif accel.name == "tcg":
+        note = ("requested, but QEMU ignores Hyper-V enlightenments under TCG: the guest printed no "
+                f"'Hypervisor detected: {HYPERV_LINE}' line (systemd-detect-virt says {preflight.get('virt') or '?'}, "
+                f"CPU vendor {preflight.get('cpu_vendor') or '?'})")
+    else:
+        note = f"requested, but the guest printed no 'Hypervisor detected: {HYPERV_LINE}' line"
+    return {"requested": [n for n, _ in accel.hyperv], "rejected_by_host": list(accel.hyperv_rejected),
+            "guest_saw": guest_saw, "in_effect": honoured, "note": note}
+
+
+def _armed(scenario, preflight: dict, transcript) -> dict:
+    if not preflight:
+        return {"armed": None, "why": "pre-flight did not run"}
+    loaded = preflight.get("kexec_crash_loaded") == "1"
+    why = None
+    if not loaded and not scenario.kdump:
+        why = "the scenario turns kdump off (USE_KDUMP=0)"
+    elif not loaded:
+        complaints = [e.text for e in transcript.reader.events if e.kind == "kdump_not_armed"]
+        if preflight.get("kexec_crash_size") in ("0", None, ""):
+            why = "no crashkernel reservation (kexec_crash_size is 0)"
+        elif complaints:
+            why = f"the kdump tooling refused: {complaints[0]}"
+        else:
+            why = f"kdump state: {preflight.get('kdump_state') or 'unknown'}"
+    return {"armed": loaded, "why": why, "kdump_state": preflight.get("kdump_state"),
+            "crashkernel": preflight.get("crashkernel_reservation")}
+
+
+def build(*, run_id, scenario, accel, image, verdict: Verdict, facts, transcript, artifacts: Path,
+          timings, wall, cut_short) -> dict:
+    preflight = facts.get("preflight", {})
+    vmcore = facts.get("vmcore", {})
+    dumps = [v for k, v in vmcore.items() if k == "vmcore"]
+    lab_seconds = round(sum(timings.values()), 3)
+    expected = scenario.expect
+    return {
+        "run_id": run_id,
+        "scenario": dataclasses.asdict(scenario),
+        "verdict": verdict.verdict,
+        "stage": verdict.stage,
+        "diagnosis": verdict.diagnosis,
+        "rule": verdict.rule,
+        "stages": [dataclasses.asdict(s) for s in verdict.stages],
+        "evidence": [{"line": e.line, "text": e.text, "event": e.kind, "t": e.t} for e in verdict.evidence],
+        "earlier_cycles": [c.to_json() for c in verdict.earlier],
+        "expected": expected,
+        "expectation_met": None if expected is None else verdict.verdict == expected,
+        "kdump": _armed(scenario, preflight, transcript),
+        "vmcore": {"count": int(vmcore.get("vmcore_count", 0) or 0), "files": dumps} if vmcore else None,
+        "preflight": preflight,
+        "accel": accel.to_json(),
+        "hyperv": _hyperv(accel, preflight, transcript),
+        "image": {"name": image.name, "key": image.key, "kernel": image.kernel_version},
+        "host": {"uri": None, "machine": platform.node(), "kernel": platform.release()},
+        "cut_short": cut_short,
+        "host_events": [{"t": e.t, "kind": e.kind, "text": e.text} for e in transcript.host_events],
+        "timings": {"wall_seconds": round(wall, 3), "lab_seconds": lab_seconds, "lab": timings},
+        "artifacts": {"dir": str(artifacts), "transcript": "console.log", "host_events": "host-events.jsonl",
+                      "domain_xml": "domain.xml", "user_data": "user-data"},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write(artifacts: Path, report: dict) -> Path:
+    path = artifacts / "report.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def table(reports: list[dict]) -> str:
+    rows = [("scenario", "accel", "verdict", "expected", "stage", "vmcore", "wall", "diagnosis")]
+    for r in reports:
+        vm = r.get("vmcore") or {}
+        size = ""
+        if vm.get("files"):
+            size = vm["files"][0].split("size=")[-1].split()[0]
+        rows.append((r["scenario"]["name"], r["accel"]["name"], r["verdict"], r.get("expected") or "-",
+                     r["stage"], f"{vm.get('count', 0)} ({size} B)" if size else str(vm.get("count", "-")),
+                     f"{r['timings']['wall_seconds']:.0f}s", r["diagnosis"][:90]))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    return "\n".join(lines)

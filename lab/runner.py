@@ -1,0 +1,183 @@
+"""One run, end to end: image -> domain -> console -> transcript -> verdict -> report.
+
+The guest is panicked for real and followed stage by stage; each stage has its own deadline, nested in
+the run's. The domain, its overlay and the console process are gone when run() returns or raises.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import accel as accel_mod
+from . import domain as domain_mod
+from . import host, image as image_mod, paths, report as report_mod
+from .console import Console, ConsoleClosed
+from .deadline import Deadline
+from .errors import HostError, LabError
+from .scenario import Scenario
+from .transcript import Transcript
+from .verdict import Verdict, derive
+
+RUN_SECONDS = 1500.0
+ATTACH_SECONDS = 20.0
+PREFLIGHT_SECONDS = 300.0
+PANIC_SECONDS = 60.0
+
+
+def stage_deadlines(s: Scenario) -> dict[str, float]:
+    """How long each stage may last before the next one must show: no new stage by then = stuck."""
+    return {
+        "armed": PANIC_SECONDS, "booted": PANIC_SECONDS,            # from the trigger to the panic
+        "panicked": s.stall_seconds,
+        "capture_kernel_booted": s.stall_seconds,
+        "dump_saving": max(s.stall_seconds, 300.0),                 # 40 MB through makedumpfile under TCG
+        "dump_saved": s.stall_seconds,
+        "reset": s.boot_seconds,
+    }
+
+
+@dataclass
+class Timings:
+    """Where the run's wall time went: the lab's own work versus waiting on the guest."""
+    lab: dict[str, float] = field(default_factory=dict)
+
+    def measure(self, name: str):
+        timings = self
+
+        class _Measure:
+            def __enter__(self):
+                self.t0 = time.monotonic()
+
+            def __exit__(self, *exc):
+                timings.lab[name] = round(timings.lab.get(name, 0.0) + time.monotonic() - self.t0, 3)
+        return _Measure()
+
+
+def new_run_id(scenario: Scenario) -> str:
+    return f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+def _say(log, run_id: str, t0: float, message: str) -> None:
+    print(f"[{time.monotonic() - t0:6.1f}s] {run_id}: {message}", file=log, flush=True)
+
+
+def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
+    """Run one scenario on a real guest; return its report (also written to report.json)."""
+    t0 = time.monotonic()
+    timings = Timings()
+    run_id = new_run_id(scenario)
+    artifacts = results / run_id
+    top = Deadline("run", RUN_SECONDS)
+    say = lambda msg: _say(log, run_id, t0, msg)  # noqa: E731
+
+    with timings.measure("connect"):
+        conn = host.connect()
+    image = image_mod.ensure(scenario.image, log=log)   # a build, when needed, is not lab overhead
+    with timings.measure("accel"):
+        accel = accel_mod.detect(conn, str(image.kernel),
+                                 domain_mod.probe_renderer(str(image.kernel), domain_mod.run_as_root(conn)))
+    artifacts.mkdir(parents=True)
+    with timings.measure("prepare"):
+        dom = domain_mod.prepare(conn, scenario, image, accel, run_id)
+        (artifacts / "domain.xml").write_text(dom.xml)
+        (artifacts / "user-data").write_text(dom.seed.user_data)
+        (artifacts / "meta-data").write_text(dom.seed.meta_data)
+    transcript = Transcript(artifacts)
+    lock = threading.Lock()
+
+    def host_event(kind: str, text: str) -> None:
+        with lock:
+            transcript.annotate(kind, text)
+
+    console = Console(conn.getURI(), dom.name, transcript)
+    facts: dict = {"preflight": {}, "vmcore": {}}
+    cut_short = None
+    try:
+        with timings.measure("start"):
+            dom.start_paused()
+            dom.on_event(host_event)
+        with timings.measure("attach"):
+            console.attach(top.child("attach", ATTACH_SECONDS))
+        dom.resume()
+        transcript.started = time.monotonic()
+        host_event("resumed", f"domain {dom.name} resumed ({accel.name})")
+        say(f"started {dom.name} under {accel.name}; waiting for the login prompt")
+        console.login(top.child("boot", scenario.boot_seconds))
+        say("logged in; pre-flight checks (waits for cloud-init)")
+        facts["preflight"] = console.facts("lab-preflight", top.child("preflight", PREFLIGHT_SECONDS))
+        _check_ready(scenario, facts["preflight"])
+        armed = facts["preflight"].get("kexec_crash_loaded") == "1"
+        say(f"ready: kernel.panic={facts['preflight'].get('kernel.panic')}, kdump "
+            f"{'armed' if armed else 'not armed'}; triggering the panic")
+        host_event("trigger", "echo c > /proc/sysrq-trigger")
+        console.trigger()
+        reached = _follow(console, dom, scenario, top, say, host_event)
+        if reached == "back_at_login":
+            console.login(top.child("login-again", 60))
+            facts["vmcore"] = console.facts("lab-vmcore", top.child("vmcore-check", 60))
+            say(f"vmcore check: {facts['vmcore'].get('vmcore_count', '?')} dump file(s)")
+    except KeyboardInterrupt:
+        cut_short = {"by": "user", "why": "interrupted (Ctrl-C)"}
+        raise
+    except LabError as exc:
+        cut_short = {"by": "host" if isinstance(exc, HostError) else "lab", "why": str(exc)}
+        say(f"cut short: {exc}")
+    finally:
+        with timings.measure("teardown"):
+            console.close()
+            dom.teardown()
+            transcript.close()
+        if cut_short and cut_short["by"] == "user":
+            report_mod.write(artifacts, _partial(scenario, run_id, accel, image, cut_short))
+    with timings.measure("classify"):
+        verdict = derive(transcript.events())
+    report = report_mod.build(run_id=run_id, scenario=scenario, accel=accel, image=image, verdict=verdict,
+                              facts=facts, transcript=transcript, artifacts=artifacts, timings=timings.lab,
+                              wall=time.monotonic() - t0, cut_short=cut_short)
+    report_mod.write(artifacts, report)
+    say(f"verdict {verdict.verdict} at {verdict.stage}: {verdict.diagnosis}")
+    return report
+
+
+def _partial(scenario, run_id, accel, image, cut_short) -> dict:
+    return {"run_id": run_id, "scenario": scenario.name, "accel": accel.name, "image": image.name,
+            "cut_short": cut_short, "verdict": None}
+
+
+def _check_ready(scenario: Scenario, pre: dict) -> None:
+    if pre.get("kernel.panic") != str(scenario.kernel_panic):
+        raise LabError("console", f"guest not ready: kernel.panic is {pre.get('kernel.panic')!r}, "
+                                  f"the scenario asked for {scenario.kernel_panic}")
+
+
+def _follow(console: Console, dom, scenario: Scenario, top: Deadline, say, host_event) -> str:
+    """Read the console through the panic until the guest is back at a login prompt or stops progressing."""
+    limits = stage_deadlines(scenario)
+    current, since = "armed", time.monotonic()
+    follow = top.child("follow", RUN_SECONDS)
+    verdict: Verdict | None = None
+    while True:
+        try:
+            new = console.pump(min(1.0, max(follow.remaining(), 0.01)))
+        except ConsoleClosed:
+            host_event("console_closed", f"console closed; domain state {dom.state()}")
+            return current
+        if new:
+            verdict = derive(console.transcript.events())
+            if verdict.stage != current and verdict.stage != "none":
+                current, since = verdict.stage, time.monotonic()
+                say(f"stage {current}")
+        if current == "back_at_login":
+            return current
+        limit = limits.get(current, scenario.stall_seconds)
+        waited = time.monotonic() - since
+        if waited >= limit or follow.expired():
+            silent = time.monotonic() - console.transcript.last_output
+            host_event("stall", f"no new stage for {waited:.0f} s after {current} "
+                                f"(deadline {limit:.0f} s; last console output {silent:.0f} s ago; domain {dom.state()})")
+            say(f"no progress past {current} for {waited:.0f} s")
+            return current

@@ -1,0 +1,126 @@
+"""Scenarios: what the guest is asked to do, as plain data, validated before anything is created."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import InputError
+
+VERDICTS = ("reboot", "dump", "hang", "unknown")
+CRASHKERNEL = re.compile(r"^(\d+)([MG])$")
+PROFILES = ("default",)
+IMAGES = ("debian12",)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    image: str = "debian12"
+    profile: str = "default"
+    kernel_panic: int = 0            # sysctl kernel.panic in the guest
+    kdump: bool = False              # kdump-tools armed (USE_KDUMP=1)
+    kdump_cmdline_append: str = ""   # added to kdump-tools' capture kernel command line
+    crashkernel: str = "256M"
+    memory_mib: int = 1024
+    vcpus: int = 1
+    expect: str | None = None        # expected verdict: the run is then a pass/fail check
+    stall_seconds: float = 120.0     # no new stage for this long after the panic = stuck
+    boot_seconds: float = 180.0      # each boot, from banner to login prompt
+    extra_cmdline: str = ""
+
+    def cmdline(self) -> str:
+        parts = ["root=LABEL=labroot", "rw", "console=ttyS0,115200"]
+        if self.crashkernel and self.crashkernel != "0":
+            parts.append(f"crashkernel={self.crashkernel}")
+        if self.extra_cmdline:
+            parts.append(self.extra_cmdline)
+        return " ".join(parts)
+
+    def crashkernel_mib(self) -> int:
+        m = CRASHKERNEL.match(self.crashkernel)
+        if not m:
+            return 0
+        return int(m.group(1)) * (1024 if m.group(2) == "G" else 1)
+
+
+BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("panic-reboot", "kdump off, kernel.panic=5: the panic must reset the guest",
+             kernel_panic=5, kdump=False, expect="reboot"),
+    Scenario("panic-hang", "kdump off, kernel.panic=0: the Azure images' default, the guest stays down",
+             kernel_panic=0, kdump=False, expect="hang"),
+    Scenario("kdump", "kdump-tools armed: the capture kernel saves a vmcore, then the guest reboots",
+             kernel_panic=0, kdump=True, expect="dump"),
+)}
+
+
+def _coerce(name: str, current: object, raw: str) -> object:
+    if isinstance(current, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InputError("scenario", f"{name}={raw!r}: expected true or false")
+    try:
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+    except ValueError:
+        raise InputError("scenario", f"{name}={raw!r}: expected a number") from None
+    return raw
+
+
+def with_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
+    """Apply `key=value` strings from the command line, then validate."""
+    changes: dict[str, object] = {}
+    fields = {f.name: f for f in dataclasses.fields(Scenario)}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_").replace(".", "_")
+        if not sep:
+            raise InputError("scenario", f"{item!r}: expected key=value")
+        if key not in fields or key == "name":
+            raise InputError("scenario", f"unknown key {key!r} (known: {', '.join(k for k in fields if k != 'name')})")
+        changes[key] = _coerce(key, getattr(scenario, key), raw)
+    result = dataclasses.replace(scenario, **changes)
+    validate(result)
+    return result
+
+
+def validate(s: Scenario) -> None:
+    def bad(msg: str) -> None:
+        raise InputError("scenario", f"{s.name}: {msg}")
+    if s.image not in IMAGES:
+        bad(f"unknown image {s.image!r} (known: {', '.join(IMAGES)})")
+    if s.profile not in PROFILES:
+        bad(f"unknown profile {s.profile!r} (known: {', '.join(PROFILES)})")
+    if not -1 <= s.kernel_panic <= 3600:
+        bad(f"kernel_panic={s.kernel_panic} is outside -1..3600")
+    if s.crashkernel != "0" and not CRASHKERNEL.match(s.crashkernel):
+        bad(f"crashkernel={s.crashkernel!r}: expected a size like 256M, or 0")
+    if not 256 <= s.memory_mib <= 16384:
+        bad(f"memory_mib={s.memory_mib} is outside 256..16384")
+    if s.crashkernel_mib() and s.memory_mib - s.crashkernel_mib() < 384:
+        bad(f"memory_mib={s.memory_mib} leaves less than 384 MiB beside crashkernel={s.crashkernel}")
+    if not 1 <= s.vcpus <= (os.cpu_count() or 1):
+        bad(f"vcpus={s.vcpus} is outside 1..{os.cpu_count()} (the host's cores)")
+    if s.kdump and not s.crashkernel_mib():
+        bad("kdump=true needs a crashkernel reservation")
+    if s.expect is not None and s.expect not in VERDICTS:
+        bad(f"expect={s.expect!r} is not one of {', '.join(VERDICTS)}")
+    for key in ("stall_seconds", "boot_seconds"):
+        if getattr(s, key) <= 0:
+            bad(f"{key} must be positive")
+    for key in ("kdump_cmdline_append", "extra_cmdline"):
+        if re.search(r"[\"'`$\\\n;|&<>]", getattr(s, key)):
+            bad(f"{key} may not carry quotes, newlines or shell metacharacters")
+
+
+def resolve(name: str) -> Scenario:
+    try:
+        return BASE_SCENARIOS[name]
+    except KeyError:
+        raise InputError("scenario", f"unknown scenario {name!r} (known: {', '.join(BASE_SCENARIOS)})") from None

@@ -1,0 +1,48 @@
+"""The cloud-init NoCloud seed of one run: the scenario's guest knobs as files the guest applies itself."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from . import paths
+from .errors import HostError
+from .scenario import Scenario
+
+PASSWORD = "panic-lab"  # serial console only; the guest has no network
+# kdump-tools' own default for the capture kernel; a scenario appends to it, never replaces it.
+KDUMP_TOOLS_APPEND = "reset_devices systemd.unit=kdump-tools-dump.service nr_cpus=1 irqpoll usbcore.nousb"
+
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.IMAGES / "cloud-init"),
+                          undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+@dataclass(frozen=True)
+class Seed:
+    user_data: str
+    meta_data: str
+
+
+def render(scenario: Scenario, run_id: str) -> Seed:
+    append = " ".join(filter(None, [KDUMP_TOOLS_APPEND, scenario.kdump_cmdline_append]))
+    context = {"scenario": scenario, "run_id": run_id, "password": PASSWORD, "kdump_cmdline_append": append}
+    return Seed(_env.get_template("user-data.j2").render(context), _env.get_template("meta-data.j2").render(context))
+
+
+def write_iso(seed: Seed, directory: Path) -> Path:
+    tool = shutil.which("genisoimage") or shutil.which("mkisofs")
+    if not tool:
+        raise HostError("domain", "genisoimage is not installed (make setup)")
+    src = directory / "cidata"
+    src.mkdir()
+    (src / "user-data").write_text(seed.user_data)
+    (src / "meta-data").write_text(seed.meta_data)
+    iso = directory / "seed.iso"
+    done = subprocess.run([tool, "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet", "-rock",
+                           str(src / "user-data"), str(src / "meta-data")], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise HostError("domain", f"genisoimage failed: {done.stderr.strip()[:200]}")
+    return iso

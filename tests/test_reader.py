@@ -1,0 +1,63 @@
+"""Input hygiene of the streaming reader: whatever the console or a mail client did to the log."""
+from lab.transcript import Reader, clean, read
+
+
+def kinds(data):
+    return [e.kind for e in read(data)]
+
+
+def test_line_ends_cr_crlf_and_doubled_cr():
+    for nl in (b"\n", b"\r\n", b"\r\r\n"):
+        log = b"Kernel panic - not syncing: sysrq triggered crash" + nl + b"Rebooting in 5 seconds.." + nl
+        assert kinds(log) == ["panic", "reboot_announced"]
+
+
+def test_ansi_escapes_nul_and_bad_utf8_do_not_hide_markers():
+    log = b"\x1b[0;32m\x00[  OK  ]\x1b[0m \xff\xfe kdump-tools[250]: kdump-tools: saved vmcore in /var/crash/1.\r\n"
+    events = read(log)
+    assert [e.kind for e in events] == ["dump_saved"]
+    assert "\x1b" not in events[0].text and "\x00" not in events[0].text
+
+
+def test_kernel_and_host_timestamps_are_taken_off():
+    assert clean("[   43.498453] Kernel panic - not syncing: x") == ("Kernel panic - not syncing: x", 43.498453)
+    assert clean("2026-11-26T10:16:01.123Z [  1.5] Linux version 6.1")[0] == "Linux version 6.1"
+    assert clean("[ T4333] Rebooting in 1 seconds..") == ("Rebooting in 1 seconds..", None)
+
+
+def test_a_marker_split_across_chunks_is_found_once():
+    reader = Reader()
+    data = b"[ 1.0] Kernel panic - not sync" + b"ing: Fatal exception\n"
+    got = reader.feed(data[:17]) + reader.feed(data[17:40]) + reader.feed(data[40:]) + reader.close()
+    assert [e.kind for e in got] == ["panic"]
+
+
+def test_multibyte_character_split_across_chunks():
+    reader = Reader()
+    text = "ü Kernel panic - not syncing: x\n".encode()
+    reader.feed(text[:1])
+    reader.feed(text[1:])
+    assert reader.events[0].text.startswith("ü")
+
+
+def test_prompt_without_newline_fires_once():
+    reader = Reader()
+    assert [e.kind for e in reader.feed(b"\r\npanic-lab login: ")] == ["login_prompt"]
+    assert reader.feed(b"root\r\n") == []
+    assert reader.close() == []
+
+
+def test_end_marker_is_not_a_second_panic():
+    assert kinds(b"Kernel panic - not syncing: x\n---[ end Kernel panic - not syncing: x ]---\n") == ["panic", "panic_end"]
+
+
+def test_endless_line_is_cut_not_buffered():
+    reader = Reader()
+    reader.feed(b"x" * 200_000)
+    assert reader.lines >= 3
+    assert len(reader._pending) < 70_000
+
+
+def test_line_numbers_follow_the_file():
+    events = read(b"a\nb\nKernel panic - not syncing: x\n")
+    assert events[0].line == 3

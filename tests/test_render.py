@@ -1,0 +1,69 @@
+"""Template rendering: the domain XML libvirt gets, and the cloud-init seed the guest gets."""
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from lab import domain, seed
+from lab import scenario as sc
+
+TCG = {"domain_type": "qemu", "cpu_mode": "custom"}
+HYPERV = [{"name": "relaxed", "attrs": {}}, {"name": "spinlocks", "attrs": {"retries": "8191"}},
+          {"name": "vendor_id", "attrs": {"value": "Microsoft Hv"}}]
+
+
+def render(**over):
+    ctx = dict(accel=TCG, hyperv=HYPERV, name="panic-lab-t-1", uuid="6b1e5bd4-3f5e-4b4e-9a36-2f8f0f6e1a10",
+               run_id="t-1", scenario="kdump", memory_mib=1024, vcpus=1, kernel="/k", initrd="/i",
+               cmdline="root=LABEL=labroot rw console=ttyS0,115200 crashkernel=256M",
+               overlay="/o.qcow2", seed="/s.iso", run_as_root=True)
+    ctx.update(over)
+    return domain.render_xml("default", **ctx)
+
+
+def test_domain_xml_is_valid_for_libvirt(tmp_path, need_tool):
+    validate = need_tool("virt-xml-validate")
+    path = tmp_path / "domain.xml"
+    path.write_text(render())
+    done = subprocess.run([validate, str(path), "domain"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_domain_xml_carries_the_run_and_the_enlightenments():
+    root = ET.fromstring(render())
+    assert root.get("type") == "qemu"
+    assert root.find("./os/cmdline").text.endswith("crashkernel=256M")
+    assert [e.tag for e in root.find("./features/hyperv")] == ["relaxed", "spinlocks", "vendor_id"]
+    assert root.find("./features/hyperv/vendor_id").get("value") == "Microsoft Hv"
+    assert root.find("./devices/serial").get("type") == "pty"
+    assert root.find("./devices/disk/source").get("file") == "/o.qcow2"
+    meta = root.find("./metadata/{https://panic-lab.invalid/run/1}run")
+    assert meta.get("id") == "t-1"
+
+
+def test_values_cannot_inject_xml():
+    root = ET.fromstring(render(scenario="x'/><evil a='", cmdline="a<b>&c"))
+    assert root.find("./os/cmdline").text == "a<b>&c"
+    assert root.find(".//evil") is None
+
+
+def test_probe_domain_has_no_disks():
+    xml = domain.probe_renderer("/k", run_as_root=False)(TCG, [], "probe")
+    root = ET.fromstring(xml)
+    assert root.findall("./devices/disk") == []
+    assert root.find("./seclabel") is None
+
+
+@pytest.mark.parametrize("name, panic, kdump", [("panic-reboot", "5", "0"), ("panic-hang", "0", "0"), ("kdump", "0", "1")])
+def test_seed_applies_the_scenario_knobs(name, panic, kdump):
+    s = seed.render(sc.resolve(name), "run-1")
+    assert s.user_data.startswith("#cloud-config\n")
+    assert f"kernel.panic = {panic}\n" in s.user_data
+    assert f'"kernel.panic={panic}"' in s.user_data
+    assert f"USE_KDUMP={kdump}\n" in s.user_data
+    assert "instance-id: run-1" in s.meta_data
+
+
+def test_seed_appends_to_kdump_tools_default_command_line():
+    s = seed.render(sc.with_overrides(sc.resolve("kdump"), ["kdump_cmdline_append=panic=10"]), "r")
+    assert f'KDUMP_CMDLINE_APPEND="{seed.KDUMP_TOOLS_APPEND} panic=10"' in s.user_data

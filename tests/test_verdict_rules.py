@@ -1,0 +1,95 @@
+"""One test per verdict rule (R1-R5 in lab/verdict.py and docs/verdicts.md), on short synthetic logs."""
+from lab.transcript import Event, read
+from lab.verdict import derive
+
+FIRST = b"[ 0.0] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) (gcc)\n" \
+        b"[ 0.0] Command line: root=LABEL=labroot rw console=ttyS0,115200 crashkernel=256M\n"
+CAPTURE = b"[ 0.0] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) (gcc)\n" \
+          b"[ 0.0] Command line: root=LABEL=labroot rw reset_devices nr_cpus=1 elfcorehdr=1015156K\n"
+PANIC = b"[ 40.1] sysrq: Trigger a crash\n[ 40.1] Kernel panic - not syncing: sysrq triggered crash\n" \
+        b"[ 40.1] CPU: 0 PID: 320 Comm: bash Kdump: loaded Not tainted 6.1.0-56-amd64 #1\n"
+END = b"[ 40.2] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---\n"
+
+
+def verdict_of(log: bytes, host: list[Event] = ()):
+    return derive(read(log) + list(host))
+
+
+def test_r1_saved_vmcore_is_a_dump_even_with_a_reboot_after():
+    v = verdict_of(FIRST + PANIC + CAPTURE + b"kdump-tools[250]: kdump-tools: saved vmcore in /var/crash/1.\n"
+                   b"[ 9.0] reboot: Restarting system\nSeaBIOS (version 1.16.2-debian)\n" + FIRST + b"panic-lab login: \n")
+    assert (v.verdict, v.stage, v.rule) == ("dump", "back_at_login", "R1")
+    assert [s.name for s in v.stages] == ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saved",
+                                          "reset", "back_at_login"]
+
+
+def test_r2_reset_without_capture_is_reboot():
+    v = verdict_of(FIRST + PANIC + b"Rebooting in 5 seconds..\nSeaBIOS (version 1.16.2-debian)\n" + FIRST)
+    assert (v.verdict, v.stage, v.rule) == ("reboot", "reset", "R2")
+    assert "no dump attempted" in v.diagnosis
+
+
+def test_r2_capture_kernel_that_resets_without_a_vmcore_is_dump_failed():
+    v = verdict_of(FIRST + PANIC + CAPTURE + b"Begin: Waiting for root file system ...\n"
+                   b"Rebooting automatically due to panic= boot argument\n")
+    assert (v.verdict, v.stage, v.rule) == ("reboot", "reset", "R2")
+    assert v.diagnosis.startswith("dump failed")
+
+
+def test_r3_announced_reboot_with_nothing_after_is_reboot():
+    v = verdict_of(FIRST + PANIC + b"Kernel Offset: disabled\nRebooting in 10 seconds..\n")
+    assert (v.verdict, v.stage, v.rule) == ("reboot", "panicked", "R3")
+
+
+def test_r3_announced_reboot_then_a_stall_is_a_hang():
+    stall = Event("stall", 0, "no new stage for 120 s after panicked", t=999.0)
+    v = verdict_of(FIRST + PANIC + b"Rebooting in 10 seconds..\n", [stall])
+    assert (v.verdict, v.rule) == ("hang", "R4")
+
+
+def test_r4_panic_end_without_reboot_or_kexec_is_a_hang():
+    v = verdict_of(FIRST + PANIC.replace(b"Kdump: loaded ", b"") + END)
+    assert (v.verdict, v.stage, v.rule) == ("hang", "panicked", "R4")
+    assert "kernel.panic=0" in v.diagnosis
+
+
+def test_r4_rescue_shell_in_the_capture_kernel_is_a_hang():
+    v = verdict_of(FIRST + PANIC + CAPTURE + b"Gave up waiting for root file system device.\n"
+                   b"ALERT!  /dev/vda does not exist.  Dropping to a shell!\n(initramfs) ")
+    assert (v.verdict, v.stage, v.rule) == ("hang", "capture_kernel_booted", "R4")
+    assert "capture kernel dropped to a rescue shell" in v.diagnosis
+
+
+def test_r4_hyperv_storage_failure_in_capture_kernel_points_at_the_fix():
+    v = verdict_of(FIRST + PANIC + CAPTURE + b"hv_vmbus: probe failed for device 5620e0c7 (-110)\n")
+    assert (v.verdict, v.rule) == ("hang", "R4")
+    assert "KB2858695" in v.diagnosis and "prefer_ms_hyperv=0" in v.diagnosis
+
+
+def test_r4_live_stall_names_the_stage_and_deadline():
+    stall = Event("stall", 0, "no new stage for 120 s after panicked (deadline 120 s)", t=999.0)
+    v = verdict_of(FIRST + PANIC + END, [stall])
+    assert (v.verdict, v.stage) == ("hang", "panicked")
+    assert "120 s" in v.diagnosis
+
+
+def test_r5_no_panic_is_unknown():
+    v = verdict_of(FIRST + b"panic-lab login: \n")
+    assert (v.verdict, v.rule) == ("unknown", "R5")
+
+
+def test_r5_truncated_panic_is_unknown_not_a_guess():
+    v = verdict_of(FIRST + PANIC + b"Call Trace:\n <TASK>\n")
+    assert v.verdict == "unknown"
+
+
+def test_several_panics_judge_the_last_and_list_the_earlier():
+    first = FIRST + PANIC + b"Rebooting in 5 seconds..\nSeaBIOS (version 1.16.2-debian)\n"
+    v = verdict_of(first + FIRST + PANIC.replace(b"Kdump: loaded ", b"") + END)
+    assert v.verdict == "hang"
+    assert [c.verdict for c in v.earlier] == ["reboot"]
+
+
+def test_log_starting_inside_the_capture_kernel():
+    v = verdict_of(CAPTURE + b"kdump[494]: saving vmcore\nkdump[498]: saving vmcore complete\n")
+    assert (v.verdict, v.stage) == ("dump", "dump_saved")
