@@ -25,6 +25,7 @@ HOST_PREFIXES = re.compile(
     r"|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ (?:kernel: )?"                        # syslog
     r"|>+ ?"                                                                          # mail quoting
     r")")
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
 MAX_LINE = 64 * 1024  # a line longer than this is cut: binary junk must not grow memory
 
 
@@ -46,9 +47,8 @@ class Event:
 
 def clean(raw: str) -> tuple[str, float | None]:
     """One console line as a reader sees it, and its kernel timestamp if it has one."""
-    text = ANSI.sub("", raw).replace("\x00", "")
-    text = text.rstrip("\r").replace("\r", " ")
-    text = "".join(ch for ch in text if ch >= " " or ch == "\t").strip()
+    text = ANSI.sub("", raw) if "\x1b" in raw else raw
+    text = CONTROL.sub(" ", text.rstrip("\r")).strip()
     for _ in range(3):
         stripped = HOST_PREFIXES.sub("", text, count=1)
         if stripped == text:
@@ -68,6 +68,8 @@ class Reader:
     def __init__(self, table: Iterable[M.Marker] = M.ALL, clock=None):
         self.table = list(table)
         self.prompts = [m for m in self.table if m.prompt]
+        # One pass of the union first: most console lines match no marker at all.
+        self._any = re.compile("|".join(f"(?:{m.regex.pattern})" for m in self.table))
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""
         self._prompt_fired_on = 0
@@ -80,17 +82,15 @@ class Reader:
             t = self.clock()
         text = self._decoder.decode(data) if isinstance(data, bytes) else data
         new: list[Event] = []
-        self._pending += text
-        while True:
-            cut = self._pending.find("\n")
-            if cut < 0:
-                if len(self._pending) > MAX_LINE:
-                    cut = MAX_LINE
-                else:
-                    break
-            line, self._pending = self._pending[:cut], self._pending[cut + 1:]
-            self.lines += 1
-            new += self._match(line, self.lines, t, skip_prompts=self._prompt_fired_on == self.lines)
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        while len(self._pending) > MAX_LINE:
+            lines.append(self._pending[:MAX_LINE])
+            self._pending = self._pending[MAX_LINE:]
+        for line in lines:
+            for piece in (line[i:i + MAX_LINE] for i in range(0, max(len(line), 1), MAX_LINE)):
+                self.lines += 1
+                new += self._match(piece, self.lines, t, skip_prompts=self._prompt_fired_on == self.lines)
         if self._pending and self._prompt_fired_on != self.lines + 1:
             cleaned, kt = clean(self._pending)
             for marker in self.prompts:
@@ -109,7 +109,7 @@ class Reader:
 
     def _match(self, raw: str, lineno: int, t, skip_prompts: bool) -> list[Event]:
         text, kt = clean(raw)
-        if not text:
+        if not text or not self._any.search(text):
             return []
         found = []
         for marker in self.table:
