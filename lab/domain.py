@@ -19,10 +19,29 @@ from .scenario import Scenario
 from .seed import Seed, render as render_seed, write_iso
 
 # Hardware profiles: what the guest's virtual machine looks like. One place for every device choice.
+#
+# hyperv-gen1 models a Hyper-V generation 1 VM: i440fx, SMBIOS "Microsoft Corporation"/"Virtual
+# Machine", and the boot disk twice, on the emulated IDE controller and on a paravirtual path. QEMU has
+# no storvsc (and its VMBus works only under KVM), so virtio-blk stands in for hv_storvsc: it is the
+# disk the first kernel uses, because the guest's own ata_piix ignores IDE disks on such a machine
+# (piix_ignore_devices_quirk, prefer_ms_hyperv=1). Both devices open one raw copy of the image (raw
+# has no metadata a second writer could corrupt); only one path is in use at a time.
 PROFILES = {
-    "default": {"template": "default.xml.j2", "machine": "pc", "disk_bus": "virtio", "disk_target": "vda",
-                "sysinfo": None},
+    "default": {"template": "default.xml.j2", "machine": "pc", "sysinfo": None, "overlay_format": "qcow2",
+                "disks": [{"bus": "virtio", "target": "vda", "path": "virtio"}]},
+    "hyperv-gen1": {"template": "default.xml.j2", "machine": "pc", "overlay_format": "raw",
+                    "sysinfo": {"manufacturer": "Microsoft Corporation", "product": "Virtual Machine"},
+                    "disks": [{"bus": "ide", "target": "hda", "path": "ide"},
+                              {"bus": "virtio", "target": "vda", "path": "vmbus-standin"}]},
 }
+# Hyper-V guest drivers and what stands in for them on each profile: blacklisting the driver in a
+# capture kernel must also take away its stand-in, or the model would not follow the configuration.
+STANDINS = {
+    "hyperv-gen1": {"hv_storvsc": ["virtio_blk"], "hv_vmbus": ["virtio_blk"], "hv_netvsc": [],
+                    "hv_utils": [], "hid_hyperv": []},
+}
+# The disk a stale VMBus channel silences: the paravirtual path.
+STALE_VMBUS_TARGET = {"hyperv-gen1": "vda"}
 
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.DOMAINS), autoescape=True,
                           undefined=jinja2.StrictUndefined)
@@ -60,6 +79,7 @@ class Domain:
     workdir: Path
     conn: libvirt.virConnect
     seed: Seed
+    overlay: Path | None = None
     dom: libvirt.virDomain | None = None
     callbacks: list = field(default_factory=list)
 
@@ -95,8 +115,28 @@ class Domain:
                              (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, reboot)):
             self.callbacks.append(self.conn.domainEventRegisterAny(self.dom, event_id, fn, None))
 
+    def throttle(self, target: str, bytes_per_second: int) -> None:
+        """Starve one disk path from the host (0 lifts it): the guest's drivers see I/O that never completes."""
+        assert self.dom is not None
+        self.dom.setBlockIoTune(target, {"total_bytes_sec": bytes_per_second}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def check_disk(self, shut_down_cleanly: bool) -> dict:
+        """fsck the guest's filesystem from the host, read-only, once the domain is gone."""
+        if self.overlay is None or not self.overlay.exists() or self.overlay.suffix != ".raw":
+            return {}
+        if not shut_down_cleanly:
+            return {"tool": "e2fsck -f -n", "clean": None,
+                    "summary": "not checked: the guest did not shut down cleanly (its journal is not replayed)"}
+        done = subprocess.run(["e2fsck", "-f", "-n", str(self.overlay)], capture_output=True, text=True)
+        return {"tool": "e2fsck -f -n", "exit": done.returncode, "clean": done.returncode == 0,
+                "summary": (done.stdout.strip().splitlines() or [""])[-1]}
+
     def teardown(self) -> None:
         """Destroy the domain and delete the overlay and seed, whatever state they are in."""
+        self.destroy()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def destroy(self) -> None:
         for cb in self.callbacks:
             try:
                 self.conn.domainEventDeregisterAny(cb)
@@ -108,7 +148,6 @@ class Domain:
                 self.dom.destroy()
             except libvirt.libvirtError:
                 pass
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str) -> Domain:
@@ -116,12 +155,16 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
     workdir = paths.work_dir() / run_id
     workdir.mkdir(parents=True)
     try:
-        overlay = workdir / "overlay.qcow2"
-        made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.disk),
-                               str(overlay)], capture_output=True, text=True)
+        fmt = PROFILES[scenario.profile]["overlay_format"]
+        overlay = workdir / f"disk.{fmt}"
+        if fmt == "qcow2":
+            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.disk), str(overlay)]
+        else:  # a private raw copy (sparse) for profiles that open the disk twice
+            cmd = ["qemu-img", "convert", "-q", "-O", "raw", str(image.disk), str(overlay)]
+        made = subprocess.run(cmd, capture_output=True, text=True)
         if made.returncode != 0:
             raise HostError("domain", f"qemu-img create failed: {made.stderr.strip()[:200]}")
-        seed = render_seed(scenario, run_id)
+        seed = render_seed(scenario, run_id, STANDINS.get(scenario.profile, {}))
         iso = write_iso(seed, workdir)
         xml = render_xml(scenario.profile, accel={"domain_type": accel.domain_type, "cpu_mode": accel.cpu_mode},
                          hyperv=accel.hyperv_elements(), name=name, uuid=str(uuid.uuid4()), run_id=run_id,
@@ -131,4 +174,4 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return Domain(name, run_id, xml, workdir, conn, seed)
+    return Domain(name, run_id, xml, workdir, conn, seed, overlay=overlay)

@@ -47,6 +47,17 @@ def _armed(scenario, preflight: dict, transcript) -> dict:
             "crashkernel": preflight.get("crashkernel_reservation")}
 
 
+def _profile(scenario, transcript) -> dict:
+    from .domain import PROFILES, STANDINS
+    from .seed import kdump_tools_config
+    quirk = [{"line": e.line, "text": e.text} for e in transcript.reader.events if e.kind == "ata_ignored"]
+    translated = kdump_tools_config(scenario, STANDINS.get(scenario.profile, {}))
+    return {"name": scenario.profile, "disks": PROFILES[scenario.profile]["disks"],
+            "standins": STANDINS.get(scenario.profile, {}), "ata_piix_quirk": quirk,
+            "kdump_config": scenario.kdump_config,
+            "kdump_config_translated": [{"kdump.conf": a, "kdump-tools": b} for a, b in translated.lines]}
+
+
 def build(*, run_id, scenario, accel, image, verdict: Verdict, facts, transcript, artifacts: Path,
           timings, wall, cut_short) -> dict:
     preflight = facts.get("preflight", {})
@@ -69,6 +80,8 @@ def build(*, run_id, scenario, accel, image, verdict: Verdict, facts, transcript
         "kdump": _armed(scenario, preflight, transcript),
         "vmcore": {"count": int(vmcore.get("vmcore_count", 0) or 0), "files": dumps} if vmcore else None,
         "preflight": preflight,
+        "profile": _profile(scenario, transcript),
+        "disk_check": facts.get("disk_check") or None,
         "accel": accel.to_json(),
         "hyperv": _hyperv(accel, preflight, transcript),
         "image": {"name": image.name, "key": image.key, "kernel": image.kernel_version},

@@ -96,6 +96,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
     console = Console(conn.getURI(), dom.name, transcript)
     facts: dict = {"preflight": {}, "vmcore": {}}
     cut_short = None
+    shut_down_cleanly = False
     try:
         with timings.measure("start"):
             dom.start_paused()
@@ -115,11 +116,14 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
             f"{'armed' if armed else 'not armed'}; triggering the panic")
         host_event("trigger", "echo c > /proc/sysrq-trigger")
         console.trigger()
-        reached = _follow(console, dom, scenario, top, say, host_event)
+        fault = Fault(dom, scenario, host_event)
+        reached = _follow(console, dom, scenario, top, say, host_event, fault)
         if reached == "back_at_login":
             console.login(top.child("login-again", 60))
             facts["vmcore"] = console.facts("lab-vmcore", top.child("vmcore-check", 60))
             say(f"vmcore check: {facts['vmcore'].get('vmcore_count', '?')} dump file(s)")
+            if dom.overlay is not None and dom.overlay.suffix == ".raw":
+                shut_down_cleanly = _poweroff(console, dom, top.child("poweroff", 120), host_event)
     except KeyboardInterrupt:
         cut_short = {"by": "user", "why": "interrupted (Ctrl-C)"}
         raise
@@ -129,6 +133,8 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
     finally:
         with timings.measure("teardown"):
             console.close()
+            dom.destroy()
+            facts["disk_check"] = dom.check_disk(shut_down_cleanly)
             dom.teardown()
             transcript.close()
         if cut_short and cut_short["by"] == "user":
@@ -154,18 +160,62 @@ def _check_ready(scenario: Scenario, pre: dict) -> None:
                                   f"the scenario asked for {scenario.kernel_panic}")
 
 
-def _follow(console: Console, dom, scenario: Scenario, top: Deadline, say, host_event) -> str:
+class Fault:
+    """stale-vmbus: from the first kernel's panic until the next reset, the paravirtual disk path gets
+    no I/O through (libvirt block I/O tuning at 1 byte/s); the IDE path is untouched. A reset gives the
+    VM a fresh VMBus, so the fault is lifted then. The guest is never paused and never touched."""
+
+    def __init__(self, dom, scenario: Scenario, host_event):
+        self.dom, self.scenario, self.host_event = dom, scenario, host_event
+        self.applied = False
+        self.target = domain_mod.STALE_VMBUS_TARGET.get(scenario.profile)
+
+    def on_events(self, events) -> None:
+        if self.scenario.fault != "stale-vmbus":
+            return
+        for event in events:
+            if event.kind == "panic" and not self.applied and event.t is not None:
+                self.dom.throttle(self.target, 1)
+                self.applied = True
+                self.host_event("fault_applied", f"stale-vmbus: {self.target} (virtio-blk, the stand-in for "
+                                                 f"hv_storvsc) throttled to 1 B/s at the panic; IDE untouched")
+            elif event.kind == "libvirt_reset" and self.applied:
+                self.dom.throttle(self.target, 0)
+                self.applied = False
+                self.host_event("fault_lifted", f"stale-vmbus: {self.target} released at the reset (a new VMBus)")
+
+
+def _poweroff(console: Console, dom, deadline: Deadline, host_event) -> bool:
+    """Shut the guest down from inside, so its filesystem can be checked from the host afterwards."""
+    console.send("poweroff\r")
+    while not deadline.expired():
+        try:
+            console.pump(min(1.0, deadline.remaining()))
+        except ConsoleClosed:
+            pass
+        if dom.state() in ("shutoff", "absent"):
+            host_event("powered_off", "guest shut down cleanly for the disk check")
+            return True
+    host_event("poweroff_timeout", f"guest did not power off within {deadline.seconds:.0f} s")
+    return False
+
+
+def _follow(console: Console, dom, scenario: Scenario, top: Deadline, say, host_event, fault: Fault) -> str:
     """Read the console through the panic until the guest is back at a login prompt or stops progressing."""
     limits = stage_deadlines(scenario)
     current, since = "armed", time.monotonic()
     follow = top.child("follow", RUN_SECONDS)
     verdict: Verdict | None = None
+    seen_host = len(console.transcript.host_events)
     while True:
         try:
             new = console.pump(min(1.0, max(follow.remaining(), 0.01)))
         except ConsoleClosed:
             host_event("console_closed", f"console closed; domain state {dom.state()}")
             return current
+        pending = console.transcript.host_events[seen_host:]
+        seen_host += len(pending)
+        fault.on_events(new + pending)
         if new:
             verdict = derive(console.transcript.events())
             if verdict.stage != current and verdict.stage != "none":

@@ -10,7 +10,9 @@ from .errors import InputError
 
 VERDICTS = ("reboot", "dump", "hang", "unknown")
 CRASHKERNEL = re.compile(r"^(\d+)([MG])$")
-PROFILES = ("default",)
+PROFILES = ("default", "hyperv-gen1")
+FAULTS = ("", "stale-vmbus")
+KDUMP_CONFIGS = ("default", "kb2858695")
 IMAGES = ("debian12",)
 
 
@@ -22,7 +24,9 @@ class Scenario:
     profile: str = "default"
     kernel_panic: int = 0            # sysctl kernel.panic in the guest
     kdump: bool = False              # kdump-tools armed (USE_KDUMP=1)
+    kdump_config: str = "default"    # "default" (the distribution's) or "kb2858695" (lab/kdumpconf.py)
     kdump_cmdline_append: str = ""   # added to kdump-tools' capture kernel command line
+    fault: str = ""                  # "stale-vmbus": the paravirtual disk stops answering at the panic
     crashkernel: str = "256M"
     memory_mib: int = 1024
     vcpus: int = 1
@@ -53,6 +57,24 @@ BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              kernel_panic=0, kdump=False, expect="hang"),
     Scenario("kdump", "kdump-tools armed: the capture kernel saves a vmcore, then the guest reboots",
              kernel_panic=0, kdump=True, expect="dump"),
+    # Hyper-V Gen1 model (lab/domain.py PROFILES["hyperv-gen1"]): the seed's capture-kernel hang and its fix.
+    Scenario("hyperv-kdump-default", "Gen1, kdump armed as the distribution ships it, VMBus storage stale after "
+             "the panic: the capture kernel waits for its disk forever",
+             profile="hyperv-gen1", kdump=True, fault="stale-vmbus", expect="hang"),
+    Scenario("hyperv-kdump-kb2858695", "Gen1, stale VMBus storage, kdump configured per KB2858695: the capture "
+             "kernel dumps through IDE, then the guest reboots",
+             profile="hyperv-gen1", kdump=True, kdump_config="kb2858695", fault="stale-vmbus", expect="dump"),
+    Scenario("hyperv-kdump-timeout", "Gen1, stale VMBus storage, a capture kernel that gives up (hung task -> "
+             "panic=10): reboot without a dump",
+             profile="hyperv-gen1", kdump=True, fault="stale-vmbus", expect="reboot",
+             kdump_cmdline_append="panic=10 hung_task_panic=1 sysctl.kernel.hung_task_timeout_secs=20"),
+    Scenario("hyperv-panic-hang", "Gen1, kdump off, kernel.panic=0 (the images' default): the VM stays down",
+             profile="hyperv-gen1", kernel_panic=0, kdump=False, expect="hang"),
+    Scenario("hyperv-panic-reboot", "Gen1, kdump off, kernel.panic=5: the VM resets",
+             profile="hyperv-gen1", kernel_panic=5, kdump=False, expect="reboot"),
+    Scenario("hyperv-kdump-not-armed", "Gen1, kdump asked for but no crashkernel reservation: the report says "
+             "kdump is not armed, and kernel.panic=0 then means a hang",
+             profile="hyperv-gen1", kdump=True, crashkernel="0", expect="hang"),
 )}
 
 
@@ -107,8 +129,12 @@ def validate(s: Scenario) -> None:
         bad(f"memory_mib={s.memory_mib} leaves less than 384 MiB beside crashkernel={s.crashkernel}")
     if not 1 <= s.vcpus <= (os.cpu_count() or 1):
         bad(f"vcpus={s.vcpus} is outside 1..{os.cpu_count()} (the host's cores)")
-    if s.kdump and not s.crashkernel_mib():
-        bad("kdump=true needs a crashkernel reservation")
+    if s.fault not in FAULTS:
+        bad(f"unknown fault {s.fault!r} (known: stale-vmbus)")
+    if s.fault and s.profile != "hyperv-gen1":
+        bad(f"fault {s.fault} needs profile hyperv-gen1 (it silences that profile's VMBus stand-in)")
+    if s.kdump_config not in KDUMP_CONFIGS:
+        bad(f"unknown kdump_config {s.kdump_config!r} (known: {', '.join(KDUMP_CONFIGS)})")
     if s.expect is not None and s.expect not in VERDICTS:
         bad(f"expect={s.expect!r} is not one of {', '.join(VERDICTS)}")
     for key in ("stall_seconds", "boot_seconds"):

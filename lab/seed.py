@@ -9,7 +9,8 @@ from pathlib import Path
 import jinja2
 
 from . import paths
-from .errors import HostError
+from . import kdumpconf
+from .errors import HostError, InputError
 from .scenario import Scenario
 
 PASSWORD = "panic-lab"  # serial console only; the guest has no network
@@ -26,9 +27,21 @@ class Seed:
     meta_data: str
 
 
-def render(scenario: Scenario, run_id: str) -> Seed:
-    append = " ".join(filter(None, [KDUMP_TOOLS_APPEND, scenario.kdump_cmdline_append]))
-    context = {"scenario": scenario, "run_id": run_id, "password": PASSWORD, "kdump_cmdline_append": append}
+def kdump_tools_config(scenario: Scenario, standins: dict) -> kdumpconf.KdumpTools:
+    conf = kdumpconf.CONFIGS[scenario.kdump_config]
+    if conf is None:
+        return kdumpconf.KdumpTools()
+    try:
+        return kdumpconf.to_kdump_tools(conf, standins)
+    except ValueError as exc:
+        raise InputError("scenario", f"{scenario.name}: kdump_config {scenario.kdump_config}: {exc}") from None
+
+
+def render(scenario: Scenario, run_id: str, standins: dict | None = None) -> Seed:
+    translated = kdump_tools_config(scenario, standins or {})
+    append = " ".join(filter(None, [KDUMP_TOOLS_APPEND, *translated.cmdline_append, scenario.kdump_cmdline_append]))
+    context = {"scenario": scenario, "run_id": run_id, "password": PASSWORD, "kdump_cmdline_append": append,
+               "kdump_variables": translated.variables}
     return Seed(_env.get_template("user-data.j2").render(context), _env.get_template("meta-data.j2").render(context))
 
 

@@ -71,7 +71,9 @@ def _tag_boots(events: list[Event]) -> list[bool]:
         new_boot = e.kind in ("kernel_banner", "firmware") or (e.kind == "panic" and panicked)
         if new_boot:
             segments.append([])
-            starts_capture.append(e.kind != "firmware" and (handed_over or (e.kind == "panic" and armed)))
+            # Straight after a panic with kdump loaded, a kernel that started without firmware in between
+            # is the kexec'd capture kernel, until its command line says otherwise.
+            starts_capture.append(e.kind != "firmware" and (handed_over or (panicked and armed)))
             panicked = armed = handed_over = False
         segments[-1].append(i)
         panicked |= e.kind == "panic"
@@ -81,8 +83,8 @@ def _tag_boots(events: list[Event]) -> list[bool]:
     for members, capture in zip(segments, starts_capture):
         for i in members:
             e = events[i]
-            if e.kind == "kernel_cmdline" and CAPTURE_CMDLINE.search(e.groups[0] if e.groups else e.text):
-                capture = True
+            if e.kind == "kernel_cmdline":
+                capture = bool(CAPTURE_CMDLINE.search(e.groups[0] if e.groups else e.text))
             elif e.kind in ("dump_saving", "dump_saved", "dump_failed"):
                 capture = True
         for i in members:
@@ -172,9 +174,12 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, first: 
         return idx[-1] if idx else -1
 
     captured = any(caps)
+    faults = ev("fault_applied")
     storage = ev("hv_storage")
     storage_note = f"; Hyper-V storage trouble in the capture kernel: {storage[0].text}" if storage else ""
-    fix = f" Fix: {KB2858695}." if storage else ""
+    if faults and captured:
+        storage_note += f"; the paravirtual disk path stopped answering at the panic ({faults[0].text})"
+    fix = f" Fix: {KB2858695}." if (storage or (faults and captured)) else ""
 
     saved = ev("dump_saved")
     if saved:
@@ -213,7 +218,7 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, first: 
         state = "capture kernel dropped to a rescue shell" if caps[shell] else "dropped to a rescue shell"
         waits = ev("waiting_root")
         return Verdict("hang", last_stage, f"{state}: {span[shell].text}{storage_note}.{fix}".rstrip("."),
-                       stages, waits[:1] + [span[shell]] + storage[:1], "R4")
+                       stages, waits[:1] + [span[shell]] + storage[:1] + faults[:1], "R4")
     capture_panics = [i for i, e in enumerate(span) if e.kind == "panic" and caps[i]]
     if capture_panics and last_of("panic_end") > capture_panics[-1]:
         p = span[capture_panics[-1]]
@@ -225,9 +230,14 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, first: 
                        stages, ev("kernel_cmdline")[-1:] + storage[:3], "R4")
     if stall:
         s = stall[-1]
-        cause = "kernel.panic=0 and no capture kernel" if last_stage in ("panicked",) else f"no progress past {last_stage}"
         waits = ev("waiting_root")
         note = f" ({waits[-1].text})" if waits else ""
+        if captured and faults:
+            # The host silenced the paravirtual disk (the lab's stale-VMBus model): name that path.
+            return Verdict("hang", last_stage,
+                           f"capture kernel booted, waiting for the dump target{note}{storage_note}: {s.text}.{fix}",
+                           stages, ev("kernel_cmdline")[-1:] + waits[-1:] + [faults[0], s], "R4")
+        cause = "kernel.panic=0 and no capture kernel" if last_stage in ("panicked",) else f"no progress past {last_stage}"
         return Verdict("hang", last_stage, f"{last_stage}, {cause}{note}: {s.text}", stages,
                        ev("panic")[:1] + ev("panic_end")[-1:] + waits[-1:] + [s], "R4")
     end = last_of("panic_end")

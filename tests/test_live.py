@@ -18,7 +18,15 @@ EXPECTED_STAGES = {
     "panic-hang": ["booted", "panicked"],
     "kdump": ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saving", "dump_saved", "reset",
               "back_at_login"],
+    "hyperv-kdump-default": ["booted", "armed", "panicked", "capture_kernel_booted"],
+    "hyperv-kdump-kb2858695": ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saving",
+                               "dump_saved", "reset", "back_at_login"],
+    "hyperv-kdump-timeout": ["booted", "armed", "panicked", "capture_kernel_booted", "reset", "back_at_login"],
+    "hyperv-panic-hang": ["booted", "panicked"],
+    "hyperv-panic-reboot": ["booted", "panicked", "reset", "back_at_login"],
+    "hyperv-kdump-not-armed": ["booted", "panicked"],
 }
+GEN1 = [name for name in EXPECTED_STAGES if name.startswith("hyperv-")]
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +65,13 @@ def test_verdict_and_stages(report):
 
 @pytest.mark.parametrize("report", list(EXPECTED_STAGES), indirect=True)
 def test_kdump_armed_only_when_asked(report):
-    assert report["kdump"]["armed"] is report["scenario"]["kdump"]
-    assert "crashkernel" in report["kdump"]["crashkernel"]
+    wanted = report["scenario"]["kdump"] and report["scenario"]["crashkernel"] != "0"
+    assert report["kdump"]["armed"] is wanted
+    if report["scenario"]["crashkernel"] != "0":
+        assert "crashkernel" in report["kdump"]["crashkernel"]
 
 
-@pytest.mark.parametrize("report", ["kdump"], indirect=True)
+@pytest.mark.parametrize("report", ["kdump", "hyperv-kdump-kb2858695"], indirect=True)
 def test_kdump_leaves_a_real_vmcore_on_the_guest_disk(report):
     vmcore = report["vmcore"]
     assert vmcore["count"] == 1
@@ -102,3 +112,41 @@ def test_nothing_is_left_behind(report):
     assert not (paths.work_dir() / report["run_id"]).exists()
     for artifact in ("console.log", "domain.xml", "user-data", "report.json", "host-events.jsonl"):
         assert (paths.Path(report["artifacts"]["dir"]) / artifact).exists(), artifact
+
+
+@pytest.mark.parametrize("report", GEN1, indirect=True)
+def test_gen1_first_kernel_ignores_the_ide_disk(report):
+    """The guest's own ata_piix quirk, from the SMBIOS identity: the first kernel uses the paravirtual path."""
+    quirk = report["profile"]["ata_piix_quirk"]
+    assert quirk and "Hyper-V Virtual Machine detected, ATA device ignore set" in quirk[0]["text"]
+    assert "root=LABEL=labroot" in report["preflight"]["cmdline"]
+
+
+@pytest.mark.parametrize("report", ["hyperv-kdump-default"], indirect=True)
+def test_stale_vmbus_hangs_the_capture_kernel_and_points_at_the_fix(report):
+    assert report["stage"] == "capture_kernel_booted"
+    assert [e["kind"] for e in report["host_events"] if e["kind"].startswith("fault")] == ["fault_applied"]
+    assert "paravirtual disk path" in report["diagnosis"] and "KB2858695" in report["diagnosis"]
+    assert report["vmcore"] is None
+
+
+@pytest.mark.parametrize("report", ["hyperv-kdump-kb2858695"], indirect=True)
+def test_kb_configuration_dumps_through_ide_and_the_disk_stays_sound(report):
+    kinds = [e["kind"] for e in report["host_events"]]
+    assert kinds.index("fault_applied") < kinds.index("fault_lifted")
+    translated = {row["kdump.conf"]: row["kdump-tools"] for row in report["profile"]["kdump_config_translated"]}
+    assert translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"].startswith("modprobe.blacklist=")
+    assert "virtio_blk" in translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"]
+    assert report["disk_check"]["clean"] is True, report["disk_check"]
+
+
+@pytest.mark.parametrize("report", ["hyperv-kdump-timeout"], indirect=True)
+def test_capture_kernel_that_gives_up_reboots_without_a_dump(report):
+    assert report["diagnosis"].startswith("dump failed")
+    assert report["vmcore"]["count"] == 0
+
+
+@pytest.mark.parametrize("report", ["hyperv-kdump-not-armed"], indirect=True)
+def test_not_armed_is_reported_with_its_cause(report):
+    assert report["kdump"]["armed"] is False
+    assert "no crashkernel reservation" in report["kdump"]["why"]

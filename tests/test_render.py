@@ -12,19 +12,20 @@ HYPERV = [{"name": "relaxed", "attrs": {}}, {"name": "spinlocks", "attrs": {"ret
           {"name": "vendor_id", "attrs": {"value": "Microsoft Hv"}}]
 
 
-def render(**over):
+def render(profile="default", **over):
     ctx = dict(accel=TCG, hyperv=HYPERV, name="panic-lab-t-1", uuid="6b1e5bd4-3f5e-4b4e-9a36-2f8f0f6e1a10",
                run_id="t-1", scenario="kdump", memory_mib=1024, vcpus=1, kernel="/k", initrd="/i",
                cmdline="root=LABEL=labroot rw console=ttyS0,115200 crashkernel=256M",
                overlay="/o.qcow2", seed="/s.iso", run_as_root=True)
     ctx.update(over)
-    return domain.render_xml("default", **ctx)
+    return domain.render_xml(profile, **ctx)
 
 
-def test_domain_xml_is_valid_for_libvirt(tmp_path, need_tool):
+@pytest.mark.parametrize("profile", list(domain.PROFILES))
+def test_domain_xml_is_valid_for_libvirt(tmp_path, need_tool, profile):
     validate = need_tool("virt-xml-validate")
     path = tmp_path / "domain.xml"
-    path.write_text(render())
+    path.write_text(render(profile))
     done = subprocess.run([validate, str(path), "domain"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 

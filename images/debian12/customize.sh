@@ -20,14 +20,22 @@ After=cloud-init.service
 UNIT
 
 # kdump-tools' own hook cannot build its initrd in a chroot (MODULES=dep needs the real root
-# device), so build it here with an explicit list covering every disk path the profiles use.
+# device), so build it here with MODULES=list. The disk drivers of every profile go in through a hook
+# (copied, not force-loaded): udev loads them by alias, so a capture kernel's modprobe.blacklist=
+# (KB2858695's blacklist line) really keeps a driver out.
 kd="$root/var/lib/kdump"
 rm -rf "$kd/initramfs-tools"
 cp -pr "$root/etc/initramfs-tools" "$kd/initramfs-tools"
 echo MODULES=list > "$kd/initramfs-tools/conf.d/zzz-kdump"
-printf '%s\n' virtio_pci virtio_blk virtio_scsi ata_piix ata_generic libata sd_mod sr_mod scsi_mod ext4 \
-  >> "$kd/initramfs-tools/modules"
 echo KDUMP=y >> "$kd/initramfs-tools/initramfs.conf"
+mkdir -p "$kd/initramfs-tools/hooks"
+cat > "$kd/initramfs-tools/hooks/panic-lab-disks" <<'HOOK'
+#!/bin/sh
+case $1 in prereqs) echo ""; exit 0;; esac
+. /usr/share/initramfs-tools/hook-functions
+manual_add_modules virtio_pci virtio_blk virtio_scsi ata_piix ata_generic sd_mod sr_mod ext4 crc32c_generic
+HOOK
+chmod 0755 "$kd/initramfs-tools/hooks/panic-lab-disks"
 chroot "$root" mkinitramfs -d /var/lib/kdump/initramfs-tools -o "/var/lib/kdump/initrd.img-$version" "$version"
 # Without this stamp kdump-config rebuilds the initrd on every boot.
 cp "$root/etc/kdump/sysctl.conf" "$kd/latest_sysctls-$version"
