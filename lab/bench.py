@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lab.bench")
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--runs", type=int, default=1, help="runs of each scenario (median reported)")
-    parser.add_argument("scenarios", nargs="*", default=list(sc.BASE_SCENARIOS))
+    parser.add_argument("scenarios", nargs="*", default=list(sc.DEFAULT_RUN))
     args = parser.parse_args(argv)
     results = paths.results_dir() / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     out: dict = {"machine": {"node": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count()},

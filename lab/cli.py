@@ -13,7 +13,7 @@ from .errors import LabError
 
 def _cmd_run(args) -> int:
     from . import report, runner, scenario as sc
-    scenarios = [sc.with_overrides(sc.resolve(name), args.set) for name in (args.scenarios or list(sc.BASE_SCENARIOS))]
+    scenarios = [sc.with_overrides(sc.resolve(name), args.set) for name in (args.scenarios or sc.DEFAULT_RUN)]
     results = Path(args.results) if args.results else paths.results_dir()
     reports = []
     for s in scenarios:

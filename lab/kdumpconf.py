@@ -76,9 +76,11 @@ def to_kdump_tools(conf: str, standins: dict[str, list[str]] | None = None) -> K
             out.cmdline_append += [f"{module}.{p}" for p in params]
             out.lines.append((line, " ".join(f"{module}.{p}" for p in params)))
         elif key == "disk_timeout":
-            # initramfs-tools waits ROOTDELAY seconds for the root device before its rescue shell.
-            out.cmdline_append.append(f"rootdelay={int(args[0])}")
-            out.lines.append((line, f"rootdelay={int(args[0])}"))
+            # initramfs-tools waits max(30, rootdelay) s for the root device, but it also sleeps rootdelay
+            # seconds first, unconditionally: that would be a fixed delay, not a timeout. Left out.
+            int(args[0])
+            out.lines.append((line, "(none: initramfs-tools waits up to 30 s for its disk; rootdelay= would "
+                                    "add a fixed sleep, so it is not used)"))
         else:
             raise ValueError(f"kdump.conf key {key!r} has no kdump-tools equivalent in the lab")
     if blacklist:

@@ -78,6 +78,9 @@ BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
+DEFAULT_RUN = ("panic-reboot", "panic-hang", "kdump")   # `lab run` with no names
+
+
 def _coerce(name: str, current: object, raw: str) -> object:
     if isinstance(current, bool):
         if raw.lower() in ("1", "true", "yes", "on"):

@@ -13,8 +13,8 @@ def test_kb_translation_line_by_line():
     assert out.cmdline_append == [
         "modprobe.blacklist=hv_vmbus,virtio_blk,hv_storvsc,hv_utils,hv_netvsc,hid_hyperv",
         "ata_piix.prefer_ms_hyperv=0",
-        "rootdelay=100",
     ]
+    assert dict(out.lines)["disk_timeout 100"].startswith("(none:")
     assert out.variables == {"KDUMP_COREDIR": "/var/crash", "MAKEDUMP_ARGS": "-c --message-level 1 -d 31"}
     assert out.modules == ["ata_piix", "sr_mod", "sd_mod"]
     assert [kb for kb, _ in out.lines] == kdumpconf.KB2858695.strip().splitlines()
