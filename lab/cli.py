@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lab classify … | head`
+        return 0
 
 
 if __name__ == "__main__":

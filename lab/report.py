@@ -43,7 +43,12 @@ def _armed(scenario, preflight: dict, transcript) -> dict:
             why = f"the kdump tooling refused: {complaints[0]}"
         else:
             why = f"kdump state: {preflight.get('kdump_state') or 'unknown'}"
-    return {"armed": loaded, "why": why, "kdump_state": preflight.get("kdump_state"),
+    panic = preflight.get("kernel.panic")
+    follows = None
+    if not loaded and panic is not None:
+        follows = (f"a panic resets the guest after {panic} s (kernel.panic={panic})" if panic not in ("0", "")
+                   else "a panic halts the guest for good (kernel.panic=0): a hang")
+    return {"armed": loaded, "why": why, "then": follows, "kdump_state": preflight.get("kdump_state"),
             "crashkernel": preflight.get("crashkernel_reservation")}
 
 

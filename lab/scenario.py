@@ -64,10 +64,6 @@ BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("hyperv-kdump-kb2858695", "Gen1, stale VMBus storage, kdump configured per KB2858695: the capture "
              "kernel dumps through IDE, then the guest reboots",
              profile="hyperv-gen1", kdump=True, kdump_config="kb2858695", fault="stale-vmbus", expect="dump"),
-    Scenario("hyperv-kdump-timeout", "Gen1, stale VMBus storage, a capture kernel that gives up (hung task -> "
-             "panic=10): reboot without a dump",
-             profile="hyperv-gen1", kdump=True, fault="stale-vmbus", expect="reboot",
-             kdump_cmdline_append="panic=10 hung_task_panic=1 sysctl.kernel.hung_task_timeout_secs=20"),
     Scenario("hyperv-panic-hang", "Gen1, kdump off, kernel.panic=0 (the images' default): the VM stays down",
              profile="hyperv-gen1", kernel_panic=0, kdump=False, expect="hang"),
     Scenario("hyperv-panic-reboot", "Gen1, kdump off, kernel.panic=5: the VM resets",
