@@ -23,5 +23,5 @@ def test_corpus_log_is_never_misclassified(row):
 @pytest.mark.skipif(not ROWS, reason=f"corpus not found at {CORPUS}")
 def test_corpus_accuracy_floor():
     right = sum(derive(read((CORPUS / r["file"]).read_bytes())).verdict == r["label"] for r in ROWS)
-    # 12 of 16 at the time of writing; the rest are "unknown" (see the closing notes): never lower.
-    assert right >= 12, f"only {right} of {len(ROWS)} corpus logs right"
+    # 13 of 16 at the time of writing; the other 3 are "unknown" (see the closing notes): never lower.
+    assert right >= 13, f"only {right} of {len(ROWS)} corpus logs right"
