@@ -5,7 +5,6 @@ Every byte read goes to the transcript first; matching is done on what the trans
 from __future__ import annotations
 
 import re
-import time
 import uuid
 
 import pexpect
@@ -15,7 +14,7 @@ from .errors import HostError, LabError
 from .seed import PASSWORD
 from .transcript import Event, Transcript
 
-SHELL_PROMPT = re.compile(r"root@[^:\s]+:[^\n]*# ?$")
+LOGIN_RESULT = re.compile(r"root@[^:\s]+:[^\n]*# ?$|Login incorrect", re.M)
 KEY_VALUE = re.compile(r"^lab:([\w.-]+)=(.*)$")
 
 
@@ -106,7 +105,7 @@ class Console:
             self.wait_text(re.compile(r"[Pp]assword: ?$", re.M), deadline, start, "password prompt")
             start = self.mark()
             self.send(PASSWORD + "\r")
-            m = self.wait_text(re.compile(r"root@[^:\s]+:[^\n]*# ?$|Login incorrect", re.M), deadline, start, "shell prompt")
+            m = self.wait_text(LOGIN_RESULT, deadline, start, "shell prompt")
             if "Login incorrect" not in m.group(0):
                 return prompt_t
             self.wait_text(re.compile(r"login: ?$", re.M), deadline, self.mark() - 20, "login prompt after a failed login")
@@ -130,6 +129,5 @@ class Console:
                 found[m.group(1)] = m.group(2).strip()
         return found
 
-    def trigger(self, how: str = "sysrq-c") -> float:
+    def trigger(self) -> None:
         self.send("echo c > /proc/sysrq-trigger\r")
-        return time.monotonic()

@@ -27,6 +27,3 @@ class Deadline:
 
     def expired(self) -> bool:
         return time.monotonic() >= self.expires
-
-    def limited_by_parent(self) -> bool:
-        return self.parent is not None and self.expires < self.started + self.seconds

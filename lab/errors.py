@@ -1,9 +1,6 @@
 """Errors that name the pipeline stage they failed in (in the manner of avocado-vt's error_context)."""
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 
 class LabError(Exception):
     """A failure the user can act on; printed as one line: `lab: <stage>: <message>`."""
@@ -20,14 +17,3 @@ class HostError(LabError):
 
 class InputError(LabError):
     """Bad input from the user: raised before anything is created."""
-
-
-@contextlib.contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Re-raise anything unexpected inside `name` as a HostError naming that stage."""
-    try:
-        yield
-    except LabError:
-        raise
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise HostError(name, f"{type(exc).__name__}: {exc}") from exc

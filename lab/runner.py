@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import accel as accel_mod
 from . import domain as domain_mod
-from . import host, image as image_mod, paths, report as report_mod
+from . import host, image as image_mod, report as report_mod
 from .console import Console, ConsoleClosed
 from .deadline import Deadline
 from .errors import HostError, LabError
@@ -80,13 +80,17 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
     with timings.measure("accel"):
         accel = accel_mod.detect(conn, str(image.kernel),
                                  domain_mod.probe_renderer(str(image.kernel), domain_mod.run_as_root(conn)))
-    artifacts.mkdir(parents=True)
     with timings.measure("prepare"):
         dom = domain_mod.prepare(conn, scenario, image, accel, run_id)
-        (artifacts / "domain.xml").write_text(dom.xml)
-        (artifacts / "user-data").write_text(dom.seed.user_data)
-        (artifacts / "meta-data").write_text(dom.seed.meta_data)
-    transcript = Transcript(artifacts)
+        try:
+            artifacts.mkdir(parents=True)
+            (artifacts / "domain.xml").write_text(dom.xml)
+            (artifacts / "user-data").write_text(dom.seed.user_data)
+            (artifacts / "meta-data").write_text(dom.seed.meta_data)
+            transcript = Transcript(artifacts)
+        except BaseException:
+            dom.teardown()
+            raise
     lock = threading.Lock()
 
     def host_event(kind: str, text: str) -> None:

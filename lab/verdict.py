@@ -104,20 +104,20 @@ def derive(events: list[Event]) -> Verdict:
     if not starts:
         capture_at = [i for i, e in enumerate(events) if flags[i]]
         if not capture_at:
-            before = _stages(events, flags, 0, len(events), pre=True)
+            before = _stages(events, flags, 0, len(events))
             last = before[-1].name if before else "none"
             return Verdict("unknown", last, "no panic in the transcript", before, [], "R5")
         starts = [capture_at[0]]
     cycles = []
     for n, start in enumerate(starts):
         end = starts[n + 1] if n + 1 < len(starts) else len(events)
-        cycles.append(_cycle(events, flags, start, end, first=(n == 0)))
+        cycles.append(_cycle(events, flags, start, end))
     final = cycles[-1]
     final.earlier = cycles[:-1]
     return final
 
 
-def _stages(events, flags, start, end, pre=False) -> list[Stage]:
+def _stages(events, flags, start, end) -> list[Stage]:
     reached: dict[str, Stage] = {}
 
     def mark(name: str, e: Event) -> None:
@@ -158,7 +158,7 @@ def _pre_panic_stages(events, flags, start) -> list[Stage]:
     return [s for s in _stages(events, flags, boot_start, start) if s.name in ("booted", "armed")]
 
 
-def _cycle(events: list[Event], flags: list[bool], start: int, end: int, first: bool) -> Verdict:
+def _cycle(events: list[Event], flags: list[bool], start: int, end: int) -> Verdict:
     span = events[start:end]
     caps = flags[start:end]
     stages = _pre_panic_stages(events, flags, start) + _stages(events, flags, start, end)

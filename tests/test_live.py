@@ -4,7 +4,6 @@ Each scenario runs once per session; the assertions read its report, transcript 
 """
 import time
 
-import libvirt
 import pytest
 
 from lab import host, paths, runner
