@@ -40,6 +40,8 @@ STANDINS = {
     "hyperv-gen1": {"hv_storvsc": ["virtio_blk"], "hv_vmbus": ["virtio_blk"], "hv_netvsc": [],
                     "hv_utils": [], "hid_hyperv": []},
 }
+LIFECYCLE = {0: "defined", 1: "undefined", 2: "started", 3: "suspended", 4: "resumed", 5: "stopped",
+             6: "shutdown", 7: "pmsuspended", 8: "crashed"}
 # The disk a stale VMBus channel silences: the paravirtual path.
 STALE_VMBUS_TARGET = {"hyperv-gen1": "vda"}
 
@@ -52,6 +54,7 @@ def render_xml(profile: str, **context) -> str:
     values = {k: v for k, v in spec.items() if k != "template"}
     values.update(context)
     values.setdefault("metadata_ns", paths.METADATA_NS)
+    values.setdefault("hv_crash", False)
     values.setdefault("emulator", shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64")
     return _env.get_template(spec["template"]).render(**values)
 
@@ -106,7 +109,9 @@ class Domain:
     def on_event(self, callback) -> None:
         """callback(kind, detail) for libvirt lifecycle and reboot events of this domain."""
         def lifecycle(_c, _d, event, detail, _o):
-            callback("libvirt_lifecycle", f"lifecycle event {event} detail {detail}")
+            name = LIFECYCLE.get(event, str(event))
+            callback("libvirt_crashed" if name == "crashed" else "libvirt_lifecycle",
+                     f"libvirt lifecycle event: {name} (detail {detail})")
 
         def reboot(_c, _d, _o):
             callback("libvirt_reset", "libvirt: guest reset (REBOOT event)")
@@ -170,7 +175,8 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
                          hyperv=accel.hyperv_elements(), name=name, uuid=str(uuid.uuid4()), run_id=run_id,
                          scenario=scenario.name, memory_mib=scenario.memory_mib, vcpus=scenario.vcpus,
                          kernel=str(image.kernel), initrd=str(image.initrd), cmdline=scenario.cmdline(),
-                         overlay=str(overlay), seed=str(iso), run_as_root=run_as_root(conn))
+                         overlay=str(overlay), seed=str(iso), run_as_root=run_as_root(conn),
+                         hv_crash=scenario.hv_crash)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

@@ -52,6 +52,16 @@ def _armed(scenario, preflight: dict, transcript) -> dict:
             "crashkernel": preflight.get("crashkernel_reservation")}
 
 
+def _hv_crash(scenario, transcript) -> dict | None:
+    if not scenario.hv_crash:
+        return None
+    crashed = [e.text for e in transcript.host_events if e.kind == "libvirt_crashed"]
+    return {"enabled": True, "host_stopped_vm": bool(crashed), "evidence": crashed[:1],
+            "note": ("the host reported a guest crash through the Hyper-V crash MSRs" if crashed else
+                     "no crash notification reached the host: the guest wrote no Hyper-V crash MSRs (under TCG "
+                     "it does not see Hyper-V at all), so kexec ran as usual")}
+
+
 def _profile(scenario, transcript) -> dict:
     from .domain import PROFILES, STANDINS
     from .seed import kdump_tools_config
@@ -87,6 +97,7 @@ def build(*, run_id, scenario, accel, image, verdict: Verdict, facts, transcript
         "preflight": preflight,
         "profile": _profile(scenario, transcript),
         "disk_check": facts.get("disk_check") or None,
+        "hv_crash": _hv_crash(scenario, transcript),
         "accel": accel.to_json(),
         "hyperv": _hyperv(accel, preflight, transcript),
         "image": {"name": image.name, "key": image.key, "kernel": image.kernel_version},

@@ -27,6 +27,7 @@ class Scenario:
     kdump_config: str = "default"    # "default" (the distribution's) or "kb2858695" (lab/kdumpconf.py)
     kdump_cmdline_append: str = ""   # added to kdump-tools' capture kernel command line
     fault: str = ""                  # "stale-vmbus": the paravirtual disk stops answering at the panic
+    hv_crash: bool = False           # Hyper-V crash MSRs (<panic model='hyperv'/>): the host may stop the VM
     crashkernel: str = "256M"
     memory_mib: int = 1024
     vcpus: int = 1
@@ -64,6 +65,10 @@ BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("hyperv-kdump-kb2858695", "Gen1, stale VMBus storage, kdump configured per KB2858695: the capture "
              "kernel dumps through IDE, then the guest reboots",
              profile="hyperv-gen1", kdump=True, kdump_config="kb2858695", fault="stale-vmbus", expect="dump"),
+    Scenario("hyperv-kdump-hvcrash", "as hyperv-kdump-kb2858695, with the Hyper-V crash-MSR device: on a real "
+             "Hyper-V guest the host may stop the VM before kexec",
+             profile="hyperv-gen1", kdump=True, kdump_config="kb2858695", fault="stale-vmbus", hv_crash=True,
+             expect="dump"),
     Scenario("hyperv-panic-hang", "Gen1, kdump off, kernel.panic=0 (the images' default): the VM stays down",
              profile="hyperv-gen1", kernel_panic=0, kdump=False, expect="hang"),
     Scenario("hyperv-panic-reboot", "Gen1, kdump off, kernel.panic=5: the VM resets",
@@ -132,6 +137,8 @@ def validate(s: Scenario) -> None:
         bad(f"unknown fault {s.fault!r} (known: stale-vmbus)")
     if s.fault and s.profile != "hyperv-gen1":
         bad(f"fault {s.fault} needs profile hyperv-gen1 (it silences that profile's VMBus stand-in)")
+    if s.hv_crash and s.profile != "hyperv-gen1":
+        bad("hv_crash needs profile hyperv-gen1")
     if s.kdump_config not in KDUMP_CONFIGS:
         bad(f"unknown kdump_config {s.kdump_config!r} (known: {', '.join(KDUMP_CONFIGS)})")
     if s.expect is not None and s.expect not in VERDICTS:

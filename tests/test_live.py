@@ -20,6 +20,8 @@ EXPECTED_STAGES = {
     "hyperv-kdump-default": ["booted", "armed", "panicked", "capture_kernel_booted"],
     "hyperv-kdump-kb2858695": ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saving",
                                "dump_saved", "reset", "back_at_login"],
+    "hyperv-kdump-hvcrash": ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saving",
+                             "dump_saved", "reset", "back_at_login"],
     "hyperv-panic-hang": ["booted", "panicked"],
     "hyperv-panic-reboot": ["booted", "panicked", "reset", "back_at_login"],
     "hyperv-kdump-not-armed": ["booted", "panicked"],
@@ -69,7 +71,7 @@ def test_kdump_armed_only_when_asked(report):
         assert "crashkernel" in report["kdump"]["crashkernel"]
 
 
-@pytest.mark.parametrize("report", ["kdump", "hyperv-kdump-kb2858695"], indirect=True)
+@pytest.mark.parametrize("report", ["kdump", "hyperv-kdump-kb2858695", "hyperv-kdump-hvcrash"], indirect=True)
 def test_kdump_leaves_a_real_vmcore_on_the_guest_disk(report):
     vmcore = report["vmcore"]
     assert vmcore["count"] == 1
@@ -136,6 +138,16 @@ def test_kb_configuration_dumps_through_ide_and_the_disk_stays_sound(report):
     assert translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"].startswith("modprobe.blacklist=")
     assert "virtio_blk" in translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"]
     assert report["disk_check"]["clean"] is True, report["disk_check"]
+
+
+@pytest.mark.parametrize("report", ["hyperv-kdump-hvcrash"], indirect=True)
+def test_hv_crash_device_and_what_the_host_saw(report):
+    hv = report["hv_crash"]
+    assert hv["enabled"] is True
+    # Under TCG the guest does not see Hyper-V, so it never writes the crash MSRs and kexec goes ahead.
+    if report["accel"]["name"] == "tcg":
+        assert hv["host_stopped_vm"] is False and "TCG" in hv["note"]
+    assert "<panic model='hyperv'/>" in (paths.Path(report["artifacts"]["dir"]) / "domain.xml").read_text()
 
 
 @pytest.mark.parametrize("report", ["hyperv-kdump-not-armed"], indirect=True)

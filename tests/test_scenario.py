@@ -7,7 +7,7 @@ from lab.errors import InputError
 def test_base_scenarios_are_valid_and_expect_their_verdicts():
     assert {s.name: s.expect for s in sc.BASE_SCENARIOS.values()} == {
         "panic-reboot": "reboot", "panic-hang": "hang", "kdump": "dump",
-        "hyperv-kdump-default": "hang", "hyperv-kdump-kb2858695": "dump",
+        "hyperv-kdump-default": "hang", "hyperv-kdump-kb2858695": "dump", "hyperv-kdump-hvcrash": "dump",
         "hyperv-panic-hang": "hang", "hyperv-panic-reboot": "reboot", "hyperv-kdump-not-armed": "hang"}
     for s in sc.BASE_SCENARIOS.values():
         sc.validate(s)
@@ -30,6 +30,7 @@ def test_override_changes_only_what_is_asked():
     (["stall_seconds=0"], "must be positive"),
     (["fault=stale-vmbus"], "needs profile hyperv-gen1"),
     (["fault=meteor"], "unknown fault 'meteor'"),
+    (["hv_crash=true"], "hv_crash needs profile hyperv-gen1"),
     (["kdump_config=rhel5"], "unknown kdump_config 'rhel5'"),
 ])
 def test_bad_values_are_refused_with_one_line(override, words):
