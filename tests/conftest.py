@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -8,6 +9,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CORPUS = Path(os.environ.get("LAB_CORPUS") or ROOT.parent / "shared" / "corpus")
+
+
+def _terminate(signum, _frame):
+    # A CI job stopped with SIGTERM unwinds like Ctrl-C, so a live run still destroys its domain.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 def pytest_collection_modifyitems(config, items):
