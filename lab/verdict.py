@@ -145,6 +145,8 @@ def _stages(events, flags, start, end) -> list[Stage]:
             reset_seen = True
         elif e.kind == "login_prompt" and reset_seen:
             mark("back_at_login", e)
+        if capture and "panicked" in reached and not reset_seen:
+            mark("capture_kernel_booted", e)   # a capture kernel whose banner the log does not show
     return sorted(reached.values(), key=lambda s: STAGES.index(s.name))
 
 
