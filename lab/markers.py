@@ -127,6 +127,11 @@ SUSE_KDUMP = _table("suse-kdump", [
     ("dump_failed", r"Dump saving failed|Saving dump failed"),
 ])
 
+# The lab's own pre-flight output (images/cloud-init/user-data.j2, lab-preflight), read like any console line.
+LAB = _table("lab", [
+    ("kdump_armed", r"^lab:kexec_crash_loaded=1$"),
+])
+
 HYPERV = _table("hyperv", [
     ("hv_storage", r"hv_vmbus: probe failed"),
     ("hv_storage", r"hv_vmbus: .*(?:[Tt]ime ?out|timed out|failed)"),
@@ -137,7 +142,7 @@ HYPERV = _table("hyperv", [
 ])
 
 STACKS = {"firmware": FIRMWARE, "kernel": KERNEL, "init": INIT, "kdump-tools": KDUMP_TOOLS,
-          "dracut-kdump": DRACUT_KDUMP, "suse-kdump": SUSE_KDUMP, "hyperv": HYPERV}
+          "dracut-kdump": DRACUT_KDUMP, "suse-kdump": SUSE_KDUMP, "hyperv": HYPERV, "lab": LAB}
 ALL: list[Marker] = [marker for table in STACKS.values() for marker in table]
 PROMPTS: list[Marker] = [marker for marker in ALL if marker.prompt]
 

@@ -73,7 +73,7 @@ def _profile(scenario, transcript) -> dict:
             "kdump_config_translated": [{"kdump.conf": a, "kdump-tools": b} for a, b in translated.lines]}
 
 
-def build(*, run_id, scenario, accel, image, verdict: Verdict, facts, transcript, artifacts: Path,
+def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, transcript, artifacts: Path,
           timings, wall, cut_short) -> dict:
     preflight = facts.get("preflight", {})
     vmcore = facts.get("vmcore", {})
@@ -101,7 +101,7 @@ def build(*, run_id, scenario, accel, image, verdict: Verdict, facts, transcript
         "accel": accel.to_json(),
         "hyperv": _hyperv(accel, preflight, transcript),
         "image": {"name": image.name, "key": image.key, "kernel": image.kernel_version},
-        "host": {"uri": None, "machine": platform.node(), "kernel": platform.release()},
+        "host": {"uri": uri, "machine": platform.node(), "kernel": platform.release()},
         "cut_short": cut_short,
         "host_events": [{"t": e.t, "kind": e.kind, "text": e.text} for e in transcript.host_events],
         "timings": {"wall_seconds": round(wall, 3), "lab_seconds": lab_seconds, "lab": timings},

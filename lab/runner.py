@@ -145,7 +145,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
             report_mod.write(artifacts, _partial(scenario, run_id, accel, image, cut_short))
     with timings.measure("classify"):
         verdict = derive(transcript.events())
-    report = report_mod.build(run_id=run_id, scenario=scenario, accel=accel, image=image, verdict=verdict,
+    report = report_mod.build(uri=conn.getURI(), run_id=run_id, scenario=scenario, accel=accel, image=image, verdict=verdict,
                               facts=facts, transcript=transcript, artifacts=artifacts, timings=timings.lab,
                               wall=time.monotonic() - t0, cut_short=cut_short)
     report_mod.write(artifacts, report)

@@ -164,7 +164,10 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int) -> Verd
     span = events[start:end]
     caps = flags[start:end]
     stages = _pre_panic_stages(events, flags, start) + _stages(events, flags, start, end)
-    stages = sorted({s.name: s for s in stages}.values(), key=lambda s: STAGES.index(s.name))
+    first: dict[str, Stage] = {}
+    for st in stages:
+        first.setdefault(st.name, st)   # the earliest evidence of each stage
+    stages = sorted(first.values(), key=lambda s: STAGES.index(s.name))
     last_stage = stages[-1].name if stages else "none"
     kinds = [e.kind for e in span]
 
