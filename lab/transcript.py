@@ -25,7 +25,7 @@ HOST_PREFIXES = re.compile(
     r"|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ (?:kernel: )?"                        # syslog
     r"|>+ ?"                                                                          # mail quoting
     r")")
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]+")   # \n is kept: lines are split on it
 MAX_LINE = 64 * 1024  # a line longer than this is cut: binary junk must not grow memory
 
 
@@ -68,8 +68,12 @@ class Reader:
     def __init__(self, table: Iterable[M.Marker] = M.ALL, clock=None):
         self.table = list(table)
         self.prompts = [m for m in self.table if m.prompt]
-        # One pass of the union first: most console lines match no marker at all.
-        self._any = re.compile("|".join(f"(?:{m.regex.pattern})" for m in self.table))
+        # Most console lines match no marker at all: find the few that hold a marker's literal needle
+        # with str.find over the whole chunk, and run the regexes on those lines only.
+        wanted = {n for m in self.table for n in (m.needles or ())}
+        # A needle that contains another one finds nothing the shorter one does not.
+        self._needles = sorted(n for n in wanted if not any(o != n and o in n for o in wanted))
+        self._all_lines = any(m.needles is None for m in self.table)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""
         self._prompt_fired_on = 0
@@ -87,10 +91,13 @@ class Reader:
         while len(self._pending) > MAX_LINE:
             lines.append(self._pending[:MAX_LINE])
             self._pending = self._pending[MAX_LINE:]
-        for line in lines:
-            for piece in (line[i:i + MAX_LINE] for i in range(0, max(len(line), 1), MAX_LINE)):
-                self.lines += 1
-                new += self._match(piece, self.lines, t, skip_prompts=self._prompt_fired_on == self.lines)
+        if lines and max(map(len, lines)) > MAX_LINE:
+            lines = [line[i:i + MAX_LINE] for line in lines for i in range(0, max(len(line), 1), MAX_LINE)]
+        first = self.lines + 1
+        for index in self._candidates(lines):
+            lineno = first + index
+            new += self._match(lines[index], lineno, t, skip_prompts=self._prompt_fired_on == lineno)
+        self.lines += len(lines)
         if self._pending and self._prompt_fired_on != self.lines + 1:
             cleaned, kt = clean(self._pending)
             for marker in self.prompts:
@@ -107,9 +114,31 @@ class Reader:
         new = self.feed(tail + "\n", t) if (self._pending or tail) else []
         return new
 
+    def _candidates(self, lines: list[str]) -> list[int]:
+        """Indexes of the lines that contain at least one needle (after the same scrubbing as clean())."""
+        if self._all_lines:
+            return list(range(len(lines)))
+        block = "\n".join(lines)
+        if "\x1b" in block:
+            block = ANSI.sub("", block)
+        block = CONTROL.sub(" ", block)
+        hits = set()
+        for needle in self._needles:
+            pos = block.find(needle)
+            while pos >= 0:
+                hits.add(pos)
+                pos = block.find(needle, block.find("\n", pos) + 1 or len(block))  # next line on
+        found, line, last = [], 0, 0
+        for pos in sorted(hits):
+            line += block.count("\n", last, pos)
+            last = pos
+            if not found or found[-1] != line:
+                found.append(line)
+        return found
+
     def _match(self, raw: str, lineno: int, t, skip_prompts: bool) -> list[Event]:
         text, kt = clean(raw)
-        if not text or not self._any.search(text):
+        if not text:
             return []
         found = []
         for marker in self.table:
