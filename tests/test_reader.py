@@ -61,3 +61,43 @@ def test_endless_line_is_cut_not_buffered():
 def test_line_numbers_follow_the_file():
     events = read(b"a\nb\nKernel panic - not syncing: x\n")
     assert events[0].line == 3
+
+
+def _brute_force(data: bytes) -> list[tuple[str, int]]:
+    """Every marker on every line: what the needle prefilter must reproduce exactly."""
+    from lab import markers
+    found = []
+    for number, raw in enumerate(data.decode("utf-8", errors="replace").split("\n"), start=1):
+        text, _ = clean(raw)
+        if text:
+            found += [(m.event, number) for m in markers.ALL if m.regex.search(text)]
+    return found
+
+
+def _logs():
+    from conftest import CORPUS, ROOT
+    paths = sorted((ROOT / "tests" / "transcripts").glob("*.log"))
+    if CORPUS.exists():
+        paths += sorted(CORPUS.glob("*.log"))
+    return paths
+
+
+def test_needle_prefilter_finds_exactly_what_brute_force_finds():
+    logs = _logs()
+    assert logs
+    for path in logs:
+        data = path.read_bytes()
+        got = [(e.kind, e.line) for e in read(data)]
+        assert got == _brute_force(data), path.name
+
+
+def test_every_marker_has_needles_that_its_matches_contain():
+    from lab import markers
+    for m in markers.ALL:
+        assert m.needles, m.regex.pattern
+    for path in _logs():
+        for raw in path.read_bytes().decode("utf-8", errors="replace").split("\n"):
+            text, _ = clean(raw)
+            for m in markers.ALL:
+                if m.regex.search(text):
+                    assert any(n in text for n in m.needles), (m.regex.pattern, text)
