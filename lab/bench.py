@@ -52,12 +52,14 @@ def main(argv=None) -> int:
             "stages": [_stage_times(r) for r in reports],
             "wall_seconds_median": statistics.median(r["timings"]["wall_seconds"] for r in reports),
             "lab_overhead_seconds_median": statistics.median(r["timings"]["lab_seconds"] for r in reports),
+            "teardown_seconds_median": statistics.median(r["timings"]["teardown_seconds"] for r in reports),
             "lab_overhead_parts": [r["timings"]["lab"] for r in reports],
         }
     out["classifier"] = classifier_throughput()
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     for name, row in out["scenarios"].items():
-        print(f"{name:<14} wall {row['wall_seconds_median']:6.1f} s   lab overhead {row['lab_overhead_seconds_median']:.2f} s")
+        print(f"{name:<14} wall {row['wall_seconds_median']:6.1f} s   lab overhead {row['lab_overhead_seconds_median']:.2f} s"
+              f"   teardown {row['teardown_seconds_median']:.2f} s")
     print(f"classifier     {out['classifier']['mb_per_s']} MB/s over {out['classifier']['bytes']} bytes")
     print(f"written to {args.out}")
     return 0
