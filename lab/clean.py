@@ -1,34 +1,55 @@
 """`lab clean`: remove what the lab made, recognised by name prefix and metadata, and nothing else."""
 from __future__ import annotations
 
+import os
 import shutil
+import xml.etree.ElementTree as ET
 
 import libvirt
 
 from . import host, paths
 
 
-def _ours(dom: libvirt.virDomain) -> bool:
+def _owner(dom: libvirt.virDomain) -> int | None:
+    """The pid that started a lab domain, from its metadata; None if the domain is not the lab's."""
     if not dom.name().startswith(paths.NAME_PREFIX):
+        return None
+    try:
+        element = ET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, paths.METADATA_NS))
+    except libvirt.libvirtError:
+        return None
+    return int(element.get("owner") or 0)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
         return False
     try:
-        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, paths.METADATA_NS)
-    except libvirt.libvirtError:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
     return True
 
 
-def clean(images: bool = False) -> list[str]:
+def clean(images: bool = False, force: bool = False) -> list[str]:
+    """Remove lab domains and scratch whose lab process is gone (all of them with force)."""
     done = []
     conn = host.connect()
     for dom in conn.listAllDomains():
         try:
-            if not _ours(dom):
+            owner = _owner(dom)
+            if owner is None:
                 continue
             name = dom.name()
+            if _alive(owner) and not force:
+                done.append(f"left {name}: its lab run (pid {owner}) is still going")
+                continue
+            persistent = dom.isPersistent()
             if dom.isActive():
                 dom.destroy()
-            if dom.isPersistent():
+            if persistent:
                 dom.undefine()
             done.append(f"removed domain {name}")
         except libvirt.libvirtError as exc:
@@ -37,6 +58,11 @@ def clean(images: bool = False) -> list[str]:
     work = paths.work_dir()
     if work.exists():
         for run in sorted(work.iterdir()):
+            pid_file = run / "owner.pid"
+            owner = int(pid_file.read_text().strip() or 0) if pid_file.exists() else 0
+            if _alive(owner) and not force:
+                done.append(f"left {run}: its lab run (pid {owner}) is still going")
+                continue
             shutil.rmtree(run, ignore_errors=True)
             done.append(f"removed run scratch {run}")
     image_root = paths.cache_dir() / "images"

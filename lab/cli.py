@@ -65,7 +65,7 @@ def _cmd_images(args) -> int:
 
 def _cmd_clean(args) -> int:
     from . import clean
-    for line in clean.clean(images=args.images):
+    for line in clean.clean(images=args.images, force=args.force):
         print(line)
     return 0
 
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_images)
     p = sub.add_parser("clean", help="remove what the lab made: its domains, overlays and probe leftovers")
     p.add_argument("--images", action="store_true", help="also remove cached images")
+    p.add_argument("--force", action="store_true", help="also remove domains of lab runs still going")
     p.set_defaults(fn=_cmd_clean)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)

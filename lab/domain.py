@@ -55,6 +55,7 @@ def render_xml(profile: str, **context) -> str:
     values.update(context)
     values.setdefault("metadata_ns", paths.METADATA_NS)
     values.setdefault("hv_crash", False)
+    values.setdefault("owner", os.getpid())   # `lab clean` leaves a domain alone while this process lives
     values.setdefault("emulator", shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64")
     return _env.get_template(spec["template"]).render(**values)
 
@@ -159,6 +160,7 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
     name = f"{paths.NAME_PREFIX}{run_id}"
     workdir = paths.work_dir() / run_id
     workdir.mkdir(parents=True)
+    (workdir / "owner.pid").write_text(f"{os.getpid()}\n")
     try:
         fmt = PROFILES[scenario.profile]["overlay_format"]
         overlay = workdir / f"disk.{fmt}"
