@@ -140,6 +140,9 @@ class Domain:
     def teardown(self) -> None:
         """Destroy the domain and delete the overlay and seed, whatever state they are in."""
         self.destroy()
+        self.remove_files()
+
+    def remove_files(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def destroy(self) -> None:

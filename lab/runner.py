@@ -5,12 +5,14 @@ the run's. The domain, its overlay and the console process are gone when run() r
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from . import accel as accel_mod
 from . import domain as domain_mod
@@ -20,7 +22,7 @@ from .deadline import Deadline
 from .errors import HostError, LabError
 from .scenario import Scenario
 from .transcript import Transcript
-from .verdict import Verdict, derive
+from .verdict import derive
 
 RUN_SECONDS = 1500.0
 ATTACH_SECONDS = 20.0
@@ -45,16 +47,13 @@ class Timings:
     """Where the run's wall time went: the lab's own work versus waiting on the guest."""
     lab: dict[str, float] = field(default_factory=dict)
 
-    def measure(self, name: str):
-        timings = self
-
-        class _Measure:
-            def __enter__(self):
-                self.t0 = time.monotonic()
-
-            def __exit__(self, *exc):
-                timings.lab[name] = round(timings.lab.get(name, 0.0) + time.monotonic() - self.t0, 3)
-        return _Measure()
+    @contextlib.contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.lab[name] = round(self.lab.get(name, 0.0) + time.monotonic() - started, 3)
 
 
 def new_run_id(scenario: Scenario) -> str:
@@ -139,7 +138,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
             console.close()
             dom.destroy()
             facts["disk_check"] = dom.check_disk(shut_down_cleanly)
-            dom.teardown()
+            dom.remove_files()
             transcript.close()
         if cut_short and cut_short["by"] == "user":
             report_mod.write(artifacts, _partial(scenario, run_id, accel, image, cut_short))
@@ -209,7 +208,6 @@ def _follow(console: Console, dom, scenario: Scenario, top: Deadline, say, host_
     limits = stage_deadlines(scenario)
     current, since = "armed", time.monotonic()
     follow = top.child("follow", RUN_SECONDS)
-    verdict: Verdict | None = None
     seen_host = len(console.transcript.host_events)
     while True:
         try:
