@@ -19,7 +19,10 @@ blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv
 options ata_piix prefer_ms_hyperv=0
 disk_timeout 100
 """
-CONFIGS = {"default": None, "kb2858695": KB2858695}
+# The distribution's default, plus a limit on how long the capture kernel waits for its dump target.
+DISK_TIMEOUT_30 = "disk_timeout 30\n"
+CONFIGS = {"default": None, "kb2858695": KB2858695, "disk-timeout": DISK_TIMEOUT_30}
+DISK_TIMEOUT_ARG = "panic_lab.disk_timeout"
 # What the image's kdump initrd carries (images/debian12/customize.sh): extra_modules must be there.
 KDUMP_INITRD_MODULES = {"virtio_pci", "virtio_blk", "virtio_scsi", "ata_piix", "ata_generic", "libata",
                         "sd_mod", "sr_mod", "scsi_mod", "ext4"}
@@ -76,11 +79,14 @@ def to_kdump_tools(conf: str, standins: dict[str, list[str]] | None = None) -> K
             out.cmdline_append += [f"{module}.{p}" for p in params]
             out.lines.append((line, " ".join(f"{module}.{p}" for p in params)))
         elif key == "disk_timeout":
-            # initramfs-tools waits max(30, rootdelay) s for the root device, but it also sleeps rootdelay
-            # seconds first, unconditionally: that would be a fixed delay, not a timeout. Left out.
-            int(args[0])
-            out.lines.append((line, "(none: initramfs-tools waits up to 30 s for its disk; rootdelay= would "
-                                    "add a fixed sleep, so it is not used)"))
+            # initramfs-tools has no such timeout (its rootdelay= is a fixed sleep first), so the image's kdump
+            # initrd carries one (images/debian12/kdump-initramfs/): reset if the dump target is not mounted in time.
+            seconds = int(args[0]) if args and args[0].isdigit() else 0
+            if seconds <= 0:
+                raise ValueError(f"disk_timeout {rest}: must be a positive number of seconds")
+            out.cmdline_append.append(f"{DISK_TIMEOUT_ARG}={seconds}")
+            out.lines.append((line, f"{DISK_TIMEOUT_ARG}={seconds} (the lab's initramfs timer: reset when the dump "
+                                    f"target is not mounted after {seconds} s)"))
         else:
             raise ValueError(f"kdump.conf key {key!r} has no kdump-tools equivalent in the lab")
     if blacklist:

@@ -109,6 +109,7 @@ KERNEL = _table("kernel", [
     ("kexec_handover", r"^kexec_core: Starting new kernel"),
     ("restart", r"reboot: Restarting system"),
     ("restart", r"Rebooting automatically due to panic= boot argument"),
+    ("restart", r"sysrq: (?:SysRq : )?Resett?ing"),
     ("hypervisor", r"Hypervisor detected: (.+)"),
     ("ata_ignored", r"Hyper-V Virtual Machine detected, ATA device ignore set"),
     ("kdump_armed", r"CPU: \d+ .*\bKdump: loaded\b"),
@@ -164,6 +165,8 @@ SUSE_KDUMP = _table("suse-kdump", [
 # The lab's own pre-flight output (images/cloud-init/user-data.j2, lab-preflight), read like any console line.
 LAB = _table("lab", [
     ("kdump_armed", r"^lab:kexec_crash_loaded=1$"),
+    # The kdump initrd's disk_timeout timer (images/debian12/kdump-initramfs/) giving up.
+    ("dump_failed", r"panic-lab: disk_timeout: dump target not mounted after \d+ s"),
 ])
 
 HYPERV = _table("hyperv", [

@@ -7,12 +7,13 @@ import re
 from dataclasses import dataclass
 
 from .errors import InputError
+from .kdumpconf import CONFIGS
 
 VERDICTS = ("reboot", "dump", "hang", "unknown")
 CRASHKERNEL = re.compile(r"^(\d+)([MG])$")
 PROFILES = ("default", "hyperv-gen1")
 FAULTS = ("", "stale-vmbus")
-KDUMP_CONFIGS = ("default", "kb2858695")
+KDUMP_CONFIGS = tuple(CONFIGS)
 IMAGES = ("debian12",)
 
 
@@ -24,7 +25,7 @@ class Scenario:
     profile: str = "default"
     kernel_panic: int = 0            # sysctl kernel.panic in the guest
     kdump: bool = False              # kdump-tools armed (USE_KDUMP=1)
-    kdump_config: str = "default"    # "default" (the distribution's) or "kb2858695" (lab/kdumpconf.py)
+    kdump_config: str = "default"    # a name in lab/kdumpconf.py CONFIGS; "default" is the distribution's
     kdump_cmdline_append: str = ""   # added to kdump-tools' capture kernel command line
     fault: str = ""                  # "stale-vmbus": the paravirtual disk stops answering at the panic
     hv_crash: bool = False           # Hyper-V crash MSRs (<panic model='hyperv'/>): the host may stop the VM
@@ -65,6 +66,9 @@ BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("hyperv-kdump-kb2858695", "Gen1, stale VMBus storage, kdump configured per KB2858695: the capture "
              "kernel dumps through IDE, then the guest reboots",
              profile="hyperv-gen1", kdump=True, kdump_config="kb2858695", fault="stale-vmbus", expect="dump"),
+    Scenario("hyperv-kdump-timeout", "Gen1, stale VMBus storage, kdump as shipped plus disk_timeout 30: the "
+             "capture kernel gives up on its disk and resets, so the guest reboots without a dump",
+             profile="hyperv-gen1", kdump=True, kdump_config="disk-timeout", fault="stale-vmbus", expect="reboot"),
     Scenario("hyperv-kdump-hvcrash", "as hyperv-kdump-kb2858695, with the Hyper-V crash-MSR device: on a real "
              "Hyper-V guest the host may stop the VM before kexec",
              profile="hyperv-gen1", kdump=True, kdump_config="kb2858695", fault="stale-vmbus", hv_crash=True,

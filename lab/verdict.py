@@ -198,7 +198,7 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int) -> Verd
         reset = span[resets[0]]
         if captured or failed:
             why = failed[0].text if failed else "the capture kernel reset without saving a vmcore"
-            return Verdict("reboot", last_stage, f"dump failed: {why}{storage_note}", stages,
+            return Verdict("reboot", last_stage, f"dump failed: {why}{storage_note}.{fix}".rstrip("."), stages,
                            ev("panic")[:1] + failed[:1] + storage[:1] + [reset], "R2")
         return Verdict("reboot", last_stage, "reset after the panic, no dump attempted", stages,
                        ev("panic")[:1] + ev("reboot_announced")[:1] + [reset], "R2")

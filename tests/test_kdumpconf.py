@@ -1,7 +1,7 @@
 """KB2858695's kdump.conf in kdump-tools terms, and the Hyper-V stand-in mapping of the Gen1 profile."""
 import pytest
 
-from lab import domain, kdumpconf, seed
+from lab import domain, kdumpconf, paths, seed
 from lab import scenario as sc
 from lab.errors import InputError
 
@@ -13,8 +13,9 @@ def test_kb_translation_line_by_line():
     assert out.cmdline_append == [
         "modprobe.blacklist=hv_vmbus,virtio_blk,hv_storvsc,hv_utils,hv_netvsc,hid_hyperv",
         "ata_piix.prefer_ms_hyperv=0",
+        "panic_lab.disk_timeout=100",
     ]
-    assert dict(out.lines)["disk_timeout 100"].startswith("(none:")
+    assert dict(out.lines)["disk_timeout 100"].startswith("panic_lab.disk_timeout=100 ")
     assert out.variables == {"KDUMP_COREDIR": "/var/crash", "MAKEDUMP_ARGS": "-c --message-level 1 -d 31"}
     assert out.modules == ["ata_piix", "sr_mod", "sd_mod"]
     assert [kb for kb, _ in out.lines] == kdumpconf.KB2858695.strip().splitlines()
@@ -80,3 +81,15 @@ def test_gen1_domain_xml_has_both_paths_and_the_smbios_identity():
     assert entries == {"manufacturer": "Microsoft Corporation", "product": "Virtual Machine"}
     assert root.find("./os/smbios").get("mode") == "sysinfo"
     assert root.find("./os/type").get("machine") == "pc"
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_disk_timeout_must_be_a_positive_number(value):
+    with pytest.raises(ValueError, match="disk_timeout"):
+        kdumpconf.to_kdump_tools(f"disk_timeout {value}\n")
+
+
+def test_the_disk_timeout_timer_reads_the_argument_the_translation_writes():
+    # The recipe's initramfs script and the translation must agree on the argument's name.
+    script = (paths.IMAGES / "debian12/kdump-initramfs/init-top/panic-lab-disk-timeout").read_text()
+    assert f"{kdumpconf.DISK_TIMEOUT_ARG}=*)" in script

@@ -20,6 +20,7 @@ EXPECTED_STAGES = {
     "hyperv-kdump-default": ["booted", "armed", "panicked", "capture_kernel_booted"],
     "hyperv-kdump-kb2858695": ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saving",
                                "dump_saved", "reset", "back_at_login"],
+    "hyperv-kdump-timeout": ["booted", "armed", "panicked", "capture_kernel_booted", "reset", "back_at_login"],
     "hyperv-kdump-hvcrash": ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saving",
                              "dump_saved", "reset", "back_at_login"],
     "hyperv-panic-hang": ["booted", "panicked"],
@@ -137,6 +138,16 @@ def test_kb_configuration_dumps_through_ide_and_the_disk_stays_sound(report):
     translated = {row["kdump.conf"]: row["kdump-tools"] for row in report["profile"]["kdump_config_translated"]}
     assert translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"].startswith("modprobe.blacklist=")
     assert "virtio_blk" in translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"]
+    assert report["disk_check"]["clean"] is True, report["disk_check"]
+
+
+@pytest.mark.parametrize("report", ["hyperv-kdump-timeout"], indirect=True)
+def test_capture_kernel_gives_up_on_the_stale_path_and_the_guest_reboots(report):
+    assert report["diagnosis"].startswith("dump failed: panic-lab: disk_timeout: dump target not mounted after 30 s")
+    assert "paravirtual disk path" in report["diagnosis"] and "KB2858695" in report["diagnosis"]
+    kinds = [e["kind"] for e in report["host_events"]]
+    assert kinds.index("fault_applied") < kinds.index("fault_lifted")
+    assert report["vmcore"]["count"] == 0
     assert report["disk_check"]["clean"] is True, report["disk_check"]
 
 

@@ -7,7 +7,7 @@ from lab.errors import InputError
 def test_base_scenarios_are_valid_and_expect_their_verdicts():
     assert {s.name: s.expect for s in sc.BASE_SCENARIOS.values()} == {
         "panic-reboot": "reboot", "panic-hang": "hang", "kdump": "dump",
-        "hyperv-kdump-default": "hang", "hyperv-kdump-kb2858695": "dump", "hyperv-kdump-hvcrash": "dump",
+        "hyperv-kdump-default": "hang", "hyperv-kdump-kb2858695": "dump", "hyperv-kdump-timeout": "reboot", "hyperv-kdump-hvcrash": "dump",
         "hyperv-panic-hang": "hang", "hyperv-panic-reboot": "reboot", "hyperv-kdump-not-armed": "hang"}
     for s in sc.BASE_SCENARIOS.values():
         sc.validate(s)

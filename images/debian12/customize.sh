@@ -36,6 +36,11 @@ case $1 in prereqs) echo ""; exit 0;; esac
 manual_add_modules virtio_pci virtio_blk virtio_scsi ata_piix ata_generic sd_mod sr_mod ext4 crc32c_generic
 HOOK
 chmod 0755 "$kd/initramfs-tools/hooks/panic-lab-disks"
+# disk_timeout for the capture kernel (kdump-initramfs/): initramfs-tools has no such knob.
+for stage in init-top local-bottom; do
+  mkdir -p "$kd/initramfs-tools/scripts/$stage"
+  install -m 0755 "$(dirname "$0")/kdump-initramfs/$stage/panic-lab-disk-timeout" "$kd/initramfs-tools/scripts/$stage/"
+done
 chroot "$root" mkinitramfs -d /var/lib/kdump/initramfs-tools -o "/var/lib/kdump/initrd.img-$version" "$version"
 # Without this stamp kdump-config rebuilds the initrd on every boot.
 cp "$root/etc/kdump/sysctl.conf" "$kd/latest_sysctls-$version"
