@@ -33,13 +33,14 @@ def _cmd_classify(args) -> int:
     sources = args.files or ["-"]
     for name in sources:
         if name == "-":
-            data = sys.stdin.buffer.read()
+            events = transcript.read(sys.stdin.buffer)
         else:
             try:
-                data = Path(name).read_bytes()
+                with open(name, "rb") as log:
+                    events = transcript.read(log)
             except OSError as exc:
                 raise LabError("classify", f"cannot read {name}: {exc.strerror}") from None
-        v = verdict.derive(transcript.read(data))
+        v = verdict.derive(events)
         outputs.append({"file": name, **v.to_json()})
     if args.json:
         print(json.dumps(outputs if len(outputs) > 1 else outputs[0], indent=2))

@@ -8,6 +8,8 @@ Events, and what the verdict rules (verdict.py) make of them:
   firmware          a BIOS/firmware banner: the machine was reset (never seen on a kexec)
   kernel_banner     a kernel starts; kernel_cmdline says whether it is a capture kernel
   kernel_cmdline    the command line of the kernel that just started
+  cmdline_wrapped   a capture kernel's elfcorehdr= token; it counts when it sits within WRAP_LINES
+                    lines after a command line (one wrapped by a mail client)
   crashkernel       memory reserved for a capture kernel
   kdump_armed       the first kernel has a capture kernel loaded
   kdump_not_armed   the kdump tooling reports it could not arm
@@ -95,6 +97,8 @@ FIRMWARE = _table("firmware", [
 KERNEL = _table("kernel", [
     ("kernel_banner", r"Linux version \d+\.\d+\S* \("),
     ("kernel_cmdline", r"^(?:Kernel )?[Cc]ommand line: (.*)"),
+    # A mail client may wrap a long command line: the capture kernel's token then sits on a later line.
+    ("cmdline_wrapped", r"(?:^|\s)elfcorehdr=\d"),
     ("crashkernel", r"Reserving \d+MB of memory at \d+MB for crashkernel"),
     ("crashkernel", r"crashkernel reserved: 0x"),
     ("crash_trigger", r"sysrq: (?:SysRq : )?Trigger a crash"),
@@ -184,4 +188,5 @@ ALL: list[Marker] = [marker for table in STACKS.values() for marker in table]
 PROMPTS: list[Marker] = [marker for marker in ALL if marker.prompt]
 
 # The capture kernel is told apart from a normal boot by what kdump tooling puts on its command line.
+WRAP_LINES = 3
 CAPTURE_CMDLINE = re.compile(r"(?:^|\s)(?:elfcorehdr=|reset_devices(?:\s|$))")

@@ -5,7 +5,9 @@ stalls, the trigger) go to a separate JSON-lines file and never into the guest's
 """
 from __future__ import annotations
 
-import codecs
+import difflib
+import functools
+import itertools
 import json
 import re
 import time
@@ -25,8 +27,13 @@ HOST_PREFIXES = re.compile(
     r"|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ (?:kernel: )?"                        # syslog
     r"|>+ ?"                                                                          # mail quoting
     r")")
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]+")   # \n is kept: lines are split on it
-MAX_LINE = 64 * 1024  # a line longer than this is cut: binary junk must not grow memory
+ANSI_BYTES = re.compile(ANSI.pattern.encode())
+# Control characters become spaces one for one (\t and \n are kept): the same mapping for bytes and str,
+# so a needle found in a scrubbed block is exactly a needle found in the cleaned line.
+_CONTROLS = [c for c in range(32) if c not in (9, 10)] + [127]
+CONTROL_BYTES = bytes(32 if b in _CONTROLS else b for b in range(256))
+CONTROL_STR = {c: 32 for c in _CONTROLS}
+MAX_LINE = 64 * 1024  # a longer line is read in pieces of this size: binary junk must not grow memory
 
 
 @dataclass
@@ -48,7 +55,7 @@ class Event:
 def clean(raw: str) -> tuple[str, float | None]:
     """One console line as a reader sees it, and its kernel timestamp if it has one."""
     text = ANSI.sub("", raw) if "\x1b" in raw else raw
-    text = CONTROL.sub(" ", text.rstrip("\r")).strip()
+    text = text.translate(CONTROL_STR).strip()
     for _ in range(3):
         stripped = HOST_PREFIXES.sub("", text, count=1)
         if stripped == text:
@@ -62,44 +69,81 @@ def clean(raw: str) -> tuple[str, float | None]:
     return text, kt
 
 
+MERGE_MIN = 11   # needles sharing a run this long are searched for by that run: fewer passes over the data
+
+
+@functools.lru_cache(maxsize=8)
+def _merged_needles(wanted: frozenset[str]) -> list[str]:
+    """Fewer needles that still find every line the given ones find.
+
+    A needle that contains another is dropped; two needles that share a substring of MERGE_MIN or more
+    characters are replaced by it. Each pass over the data costs the same whatever the needle, so this
+    trades a few more candidate lines for fewer passes.
+    """
+    def minimal(items):
+        return sorted(n for n in items if not any(o != n and o in n for o in items))
+
+    needles = minimal(wanted)
+    while True:
+        # Only pairs that share a MERGE_MIN-gram can share a run that long.
+        holders: dict[str, set[str]] = {}
+        for n in needles:
+            for i in range(len(n) - MERGE_MIN + 1):
+                holders.setdefault(n[i:i + MERGE_MIN], set()).add(n)
+        pairs = {tuple(sorted(pair)) for group in holders.values() if len(group) > 1
+                 for pair in itertools.combinations(sorted(group), 2)}
+        best = ""
+        for a, b in sorted(pairs):
+            match = difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
+            if match.size > len(best):
+                best, pair = a[match.a:match.a + match.size], (a, b)
+        if not best:
+            return needles
+        needles = minimal([n for n in needles if n not in pair] + [best])
+
+
 class Reader:
-    """Streaming: feed() chunks as they come, get events back; close() flushes the last line."""
+    """Streaming: feed() chunks as they come, get events back; close() flushes the last line.
+
+    Works on bytes: only the lines that hold a marker's needle are decoded and matched. Line numbers
+    are the file's own (a line longer than MAX_LINE is read in pieces that keep its number).
+    """
 
     def __init__(self, table: Iterable[M.Marker] = M.ALL, clock=None):
         self.table = list(table)
         self.prompts = [m for m in self.table if m.prompt]
         # Most console lines match no marker at all: find the few that hold a marker's literal needle
-        # with str.find over the whole chunk, and run the regexes on those lines only.
+        # with bytes.find over the whole chunk, and run the regexes on those lines only.
         wanted = {n for m in self.table for n in (m.needles or ())}
         # A needle that contains another one finds nothing the shorter one does not.
-        self._needles = sorted(n for n in wanted if not any(o != n and o in n for o in wanted))
+        kept = _merged_needles(frozenset(wanted))
+        self._needles = [n.encode() for n in kept]
+        # For each kept needle, the markers a line holding it may match: a line is tried on those only.
+        self._markers_of = {n.encode(): {i for i, m in enumerate(self.table) if m.needles and any(n in o for o in m.needles)}
+                            for n in kept}
         self._all_lines = any(m.needles is None for m in self.table)
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
+        self._pending = b""
         self._prompt_fired_on = 0
-        self.lines = 0
+        self.lines = 0            # complete lines read so far
         self.events: list[Event] = []
         self.clock = clock
 
     def feed(self, data: bytes | str, t: float | None = None) -> list[Event]:
         if t is None and self.clock is not None:
             t = self.clock()
-        text = self._decoder.decode(data) if isinstance(data, bytes) else data
+        if isinstance(data, str):
+            data = data.encode("utf-8", errors="replace")
+        buffer = self._pending + data
+        cut = buffer.rfind(b"\n") + 1
+        block, self._pending = buffer[:cut], buffer[cut:]
         new: list[Event] = []
-        lines = (self._pending + text).split("\n")
-        self._pending = lines.pop()
-        while len(self._pending) > MAX_LINE:
-            lines.append(self._pending[:MAX_LINE])
-            self._pending = self._pending[MAX_LINE:]
-        if lines and max(map(len, lines)) > MAX_LINE:
-            lines = [line[i:i + MAX_LINE] for line in lines for i in range(0, max(len(line), 1), MAX_LINE)]
-        first = self.lines + 1
-        for index in self._candidates(lines):
-            lineno = first + index
-            new += self._match(lines[index], lineno, t, skip_prompts=self._prompt_fired_on == lineno)
-        self.lines += len(lines)
+        if block:
+            new += self._scan(block, t)
+        while len(self._pending) > MAX_LINE:   # an endless line: read it in pieces, keep only the rest
+            piece, self._pending = self._pending[:MAX_LINE], self._pending[MAX_LINE:]
+            new += self._match(piece, self.lines + 1, t, False)
         if self._pending and self._prompt_fired_on != self.lines + 1:
-            cleaned, kt = clean(self._pending)
+            cleaned, kt = clean(self._pending.decode("utf-8", errors="replace"))
             for marker in self.prompts:
                 m = marker.regex.search(cleaned)
                 if m:
@@ -110,38 +154,59 @@ class Reader:
         return new
 
     def close(self, t: float | None = None) -> list[Event]:
-        tail = self._decoder.decode(b"", final=True)
-        new = self.feed(tail + "\n", t) if (self._pending or tail) else []
+        return self.feed(b"\n", t) if self._pending else []
+
+    def _scan(self, block: bytes, t) -> list[Event]:
+        """Events of a run of complete lines (block ends with a newline)."""
+        first = self.lines + 1
+        new: list[Event] = []
+        for index, raw, markers in self._candidates(block):
+            lineno = first + index
+            for i in range(0, max(len(raw), 1), MAX_LINE):
+                new += self._match(raw[i:i + MAX_LINE], lineno, t, self._prompt_fired_on == lineno, markers)
+        self.lines += block.count(b"\n")
         return new
 
-    def _candidates(self, lines: list[str]) -> list[int]:
-        """Indexes of the lines that contain at least one needle (after the same scrubbing as clean())."""
+    def _candidates(self, block: bytes) -> list[tuple[int, bytes, set | None]]:
+        """(index, raw bytes, markers to try) of the lines that hold at least one needle, after the same
+        scrubbing as clean(); None stands for every marker."""
         if self._all_lines:
-            return list(range(len(lines)))
-        block = "\n".join(lines)
-        if "\x1b" in block:
-            block = ANSI.sub("", block)
-        block = CONTROL.sub(" ", block)
-        hits = set()
+            return [(i, raw, None) for i, raw in enumerate(block.split(b"\n")[:-1])]
+        escaped = b"\x1b" in block
+        # ANSI sequences vanish, so offsets move (newlines, never inside one, stay); control bytes map 1:1.
+        scrubbed = (ANSI_BYTES.sub(b"", block) if escaped else block).translate(CONTROL_BYTES)
+        hits = []
         for needle in self._needles:
-            pos = block.find(needle)
+            pos = scrubbed.find(needle)
             while pos >= 0:
-                hits.add(pos)
-                pos = block.find(needle, block.find("\n", pos) + 1 or len(block))  # next line on
-        found, line, last = [], 0, 0
-        for pos in sorted(hits):
-            line += block.count("\n", last, pos)
+                hits.append((pos, needle))
+                pos = scrubbed.find(needle, scrubbed.index(b"\n", pos) + 1)
+        if not hits:
+            return []
+        hits.sort()
+        found: list[tuple[int, bytes, set]] = []
+        lines = block.split(b"\n") if escaped else None
+        line, last = 0, 0
+        for pos, needle in hits:
+            line += scrubbed.count(b"\n", last, pos)
             last = pos
-            if not found or found[-1] != line:
-                found.append(line)
+            if found and found[-1][0] == line:
+                found[-1][2].update(self._markers_of[needle])
+                continue
+            if lines is not None:
+                raw = lines[line]
+            else:   # offsets in the scrubbed block are the block's own
+                raw = block[scrubbed.rfind(b"\n", 0, pos) + 1:block.index(b"\n", pos)]
+            found.append((line, raw, set(self._markers_of[needle])))
         return found
 
-    def _match(self, raw: str, lineno: int, t, skip_prompts: bool) -> list[Event]:
-        text, kt = clean(raw)
+    def _match(self, raw: bytes, lineno: int, t, skip_prompts: bool, markers: set | None = None) -> list[Event]:
+        text, kt = clean(raw.decode("utf-8", errors="replace"))
         if not text:
             return []
         found = []
-        for marker in self.table:
+        # Table order, so that the events of one line come out in a fixed order.
+        for marker in self.table if markers is None else [self.table[i] for i in sorted(markers)]:
             if skip_prompts and marker.prompt:
                 continue
             m = marker.regex.search(text)
@@ -150,10 +215,18 @@ class Reader:
         return found
 
 
-def read(data: bytes | str) -> list[Event]:
-    """Offline: a whole saved log through the same streaming code."""
+CHUNK = 1 << 20
+
+
+def read(data: bytes | str | BinaryIO) -> list[Event]:
+    """Offline: a whole saved log, or a binary file read in CHUNK pieces (bounded memory), through the
+    same streaming code as a live console."""
     reader = Reader()
-    reader.feed(data)
+    if isinstance(data, (bytes, str)):
+        reader.feed(data)
+    else:
+        while chunk := data.read(CHUNK):
+            reader.feed(chunk)
     reader.close()
     return reader.events
 

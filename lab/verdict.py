@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .markers import CAPTURE_CMDLINE
+from .markers import CAPTURE_CMDLINE, WRAP_LINES
 from .transcript import Event
 
 STAGES = ("booted", "armed", "panicked", "capture_kernel_booted", "dump_saving", "dump_saved",
@@ -61,7 +61,8 @@ def _tag_boots(events: list[Event]) -> list[bool]:
 
     The log is cut into boots at each kernel banner or firmware banner, and at a second panic with no
     banner between (a kernel panics only once, so a new kernel started unseen). A boot is a capture
-    boot if its command line carries elfcorehdr=/reset_devices, if kdump markers appear in it, or if
+    boot if its command line carries elfcorehdr=/reset_devices (also when a mail client wrapped that
+    token onto one of the next WRAP_LINES lines), if kdump markers appear in it, or if
     it follows a kexec hand-over or an unseen start after a panic with kdump loaded.
     """
     segments: list[list[int]] = [[]]
@@ -81,10 +82,14 @@ def _tag_boots(events: list[Event]) -> list[bool]:
         handed_over |= e.kind == "kexec_handover"
     flags = [False] * len(events)
     for members, capture in zip(segments, starts_capture):
+        cmdline_line = None
         for i in members:
             e = events[i]
             if e.kind == "kernel_cmdline":
                 capture = bool(CAPTURE_CMDLINE.search(e.groups[0] if e.groups else e.text))
+                cmdline_line = e.line
+            elif e.kind == "cmdline_wrapped" and cmdline_line and 0 < e.line - cmdline_line <= WRAP_LINES:
+                capture = True   # the same command line, wrapped
             elif e.kind in ("dump_saving", "dump_saved", "dump_failed"):
                 capture = True
         for i in members:

@@ -93,3 +93,13 @@ def test_several_panics_judge_the_last_and_list_the_earlier():
 def test_log_starting_inside_the_capture_kernel():
     v = verdict_of(CAPTURE + b"kdump[494]: saving vmcore\nkdump[498]: saving vmcore complete\n")
     assert (v.verdict, v.stage) == ("dump", "dump_saved")
+
+
+def test_a_command_line_wrapped_by_a_mail_client_still_marks_the_capture_kernel():
+    wrapped = (b"[ 0.0] Linux version 5.4.85 (gcc)\n[ 0.0] Kernel command line: console=ttyS0,115200 loglevel=9\n"
+               b"rootwait roo\nt=/dev/mmcblk0p2 elfcorehdr=209456K maxcpus=1\n[ 2.1] Run /init as init process\n")
+    v = verdict_of(wrapped)
+    assert (v.verdict, v.stage) == ("unknown", "capture_kernel_booted")
+    # The same token far from any command line is not a command line.
+    far = wrapped.replace(b"rootwait roo\n", b"rootwait\n" + b"[ 0.1] filler\n" * 5)
+    assert verdict_of(far).stage == "booted"
