@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from . import host, paths
+from . import host, image, paths
 
 
 def _owner(dom: libvirt.virDomain) -> int | None:
@@ -65,11 +65,16 @@ def clean(images: bool = False, force: bool = False) -> list[str]:
                 continue
             shutil.rmtree(run, ignore_errors=True)
             done.append(f"removed run scratch {run}")
+    for leftover, owner, pgid in image.interrupted_builds():
+        if _alive(owner) and not force:
+            done.append(f"left {leftover}: its lab run (pid {owner}) is still building it")
+            continue
+        if pgid > 1:
+            image.stop_builder(pgid)
+        image.remove_build(leftover)
+        done.append(f"removed interrupted image build {leftover}")
     image_root = paths.cache_dir() / "images"
     if image_root.exists():
-        for leftover in image_root.glob(".*-build-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-            done.append(f"removed interrupted image build {leftover}")
         if images:
             for built in image_root.iterdir():
                 if built.is_dir() and not built.name.startswith("."):

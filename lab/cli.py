@@ -73,7 +73,7 @@ def _cmd_clean(args) -> int:
 
 def _terminate(signum, _frame):
     # SIGTERM unwinds like Ctrl-C, so every run's cleanup (domain, overlay, console) still happens.
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("lab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"lab: interrupted ({exc.args[0] if exc.args else 'SIGINT'})", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lab classify … | head`
         return 0

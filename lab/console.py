@@ -23,8 +23,9 @@ class ConsoleClosed(HostError):
 
 
 class Console:
-    def __init__(self, uri: str, domain_name: str, transcript: Transcript):
+    def __init__(self, uri: str, domain_name: str, transcript: Transcript, host_lost=lambda: None):
         self.uri = uri
+        self.host_lost = host_lost   # () -> why the libvirt connection closed, or None
         self.domain_name = domain_name
         self.transcript = transcript
         self.child: pexpect.spawn | None = None
@@ -47,6 +48,10 @@ class Console:
     def pump(self, timeout: float) -> list[Event]:
         """Read what the console has (waiting at most `timeout`), log it, return the new marker events."""
         assert self.child is not None
+        lost = self.host_lost()
+        if lost:
+            # virsh console does not notice a libvirtd restart: it just stops delivering.
+            raise HostError("host", f"the libvirt connection closed: {lost}")
         try:
             data = self.child.read_nonblocking(65536, timeout=max(timeout, 0.01))
         except pexpect.TIMEOUT:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,7 @@ class Domain:
     overlay: Path | None = None
     dom: libvirt.virDomain | None = None
     callbacks: list = field(default_factory=list)
+    uri: str = ""   # kept apart from conn: a closed connection cannot tell its URI
 
     def start_paused(self) -> None:
         try:
@@ -155,8 +157,28 @@ class Domain:
         if self.dom is not None:
             try:
                 self.dom.destroy()
-            except libvirt.libvirtError:
-                pass
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    self._destroy_on_a_new_connection()
+
+    def _destroy_on_a_new_connection(self, wait: float = 30.0) -> None:
+        """The run's connection may be gone (libvirtd restarted): the domain still runs, so reach it anew."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                conn = libvirt.open(self.uri)
+                try:
+                    conn.lookupByName(self.name).destroy()
+                finally:
+                    conn.close()
+                return
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return
+                if time.monotonic() > deadline:
+                    raise HostError("teardown", f"could not destroy {self.name}: {exc.get_error_message()}; "
+                                                "run `lab clean` once libvirtd answers") from None
+                time.sleep(1.0)
 
 
 def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str) -> Domain:
@@ -185,4 +207,4 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return Domain(name, run_id, xml, workdir, conn, seed, overlay=overlay)
+    return Domain(name, run_id, xml, workdir, conn, seed, overlay=overlay, uri=conn.getURI())

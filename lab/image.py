@@ -1,10 +1,13 @@
 """Stage 1, image: the guest's base disk, kernel and initrd, built offline and cached by recipe hash."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,26 +71,102 @@ def ensure(name: str, log=sys.stderr) -> Image:
     key = recipe_key(name)
     root = paths.cache_dir() / "images"
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # The lock is the images folder itself: no lock file is left behind.
+    with _locked(root):
         image = _load(name, key)  # another process may have built it while we waited
         if image:
             return image
         started = time.monotonic()
         print(f"image: building {name} ({key}); about 2 minutes", file=log, flush=True)
-        with tempfile.TemporaryDirectory(prefix=f".{name}-build-", dir=root, ignore_cleanup_errors=True) as tmp:
-            build = subprocess.run([str(RECIPES[name] / "build.sh"), tmp], stdout=log, stderr=log)
-            if build.returncode != 0:
-                raise HostError("image", f"building {name} failed (exit {build.returncode}); see the output above")
-            version = (Path(tmp) / "kernel-version").read_text().strip()
-            (Path(tmp) / "manifest.json").write_text(json.dumps({
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=root))
+        try:
+            _build(name, tmp, log)
+            version = (tmp / "kernel-version").read_text().strip()
+            (tmp / "manifest.json").write_text(json.dumps({
                 "name": name, "key": key, "kernel_version": version,
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_seconds": round(time.monotonic() - started, 1),
             }, indent=2))
-            final = _image_dir(name, key)
-            Path(tmp).rename(final)
+            (tmp / BUILDER).unlink()
+            tmp.rename(_image_dir(name, key))
+        finally:
+            if tmp.exists():
+                remove_build(tmp)
         print(f"image: {name} ready in {time.monotonic() - started:.0f} s", file=log, flush=True)
         return _load(name, key)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+BUILDER = "builder.json"   # in a build folder: who builds it (lab pid) and the builder's process group
+
+
+def _build(name: str, tmp: Path, log) -> None:
+    # Its own session: on any way out, the whole builder (mmdebstrap and its apt/dpkg) is stopped, not
+    # just build.sh; and `lab clean` can stop it after the lab was killed with -9.
+    proc = subprocess.Popen([str(RECIPES[name] / "build.sh"), str(tmp)], stdout=log, stderr=log,
+                            start_new_session=True)
+    (tmp / BUILDER).write_text(json.dumps({"owner": os.getpid(), "pgid": proc.pid}))
+    try:
+        code = proc.wait()
+    except BaseException:
+        stop_builder(proc.pid)
+        raise
+    if code != 0:
+        raise HostError("image", f"building {name} failed (exit {code}); see the output above")
+
+
+def stop_builder(pgid: int, grace: float = 30.0) -> None:
+    """SIGTERM a builder's process group (mmdebstrap then unmounts what it mounted), SIGKILL if it stays."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def remove_build(tmp: Path) -> None:
+    """Remove an unfinished build folder; never rmtree across a mount point a killed builder left."""
+    for point in _mounts_under(tmp):
+        subprocess.run(["umount", "--lazy", point], capture_output=True)
+    left = _mounts_under(tmp)
+    if left:
+        raise HostError("image", f"{tmp} still has mounts ({', '.join(left)}); not removing it")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def interrupted_builds() -> list[tuple[Path, int, int]]:
+    """Build folders whose builder is no longer driven by a live lab: (folder, owner pid, pgid)."""
+    root = paths.cache_dir() / "images"
+    found = []
+    for tmp in sorted(root.glob(".*-build-*")) if root.exists() else []:
+        try:
+            info = json.loads((tmp / BUILDER).read_text())
+        except (OSError, ValueError):
+            info = {}
+        found.append((tmp, int(info.get("owner", 0)), int(info.get("pgid", 0))))
+    return found
 
 
 def listing() -> list[dict]:

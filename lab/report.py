@@ -82,18 +82,21 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
     # Destroying the guest is reported apart: it is libvirt waiting for QEMU to exit (1.2-1.9 s here).
     lab_seconds = round(sum(v for k, v in timings.items() if k != "teardown"), 3)
     expected = scenario.expect
+    # A run the host or the lab cut short has no guest verdict: the console stopped for reasons of ours.
+    outcome = None if cut_short else verdict.verdict
+    diagnosis = f"{cut_short['by']} error, run cut short: {cut_short['why']}" if cut_short else verdict.diagnosis
     return {
         "run_id": run_id,
         "scenario": dataclasses.asdict(scenario),
-        "verdict": verdict.verdict,
+        "verdict": outcome,
         "stage": verdict.stage,
-        "diagnosis": verdict.diagnosis,
+        "diagnosis": diagnosis,
         "rule": verdict.rule,
         "stages": [dataclasses.asdict(s) for s in verdict.stages],
         "evidence": [{"line": e.line, "text": e.text, "event": e.kind, "t": e.t} for e in verdict.evidence],
         "earlier_cycles": [c.to_json() for c in verdict.earlier],
         "expected": expected,
-        "expectation_met": None if expected is None else verdict.verdict == expected,
+        "expectation_met": None if expected is None else outcome == expected,
         "kdump": _armed(scenario, preflight, transcript),
         "vmcore": {"count": int(vmcore.get("vmcore_count", 0) or 0), "files": dumps} if vmcore else None,
         "preflight": preflight,
@@ -129,7 +132,7 @@ def table(reports: list[dict]) -> str:
         size = ""
         if vm.get("files"):
             size = vm["files"][0].split("size=")[-1].split()[0]
-        rows.append((r["scenario"]["name"], r["accel"]["name"], r["verdict"], r.get("expected") or "-",
+        rows.append((r["scenario"]["name"], r["accel"]["name"], r["verdict"] or "error", r.get("expected") or "-",
                      r["stage"], f"{vm.get('count', 0)} ({size} B)" if size else str(vm.get("count", "-")),
                      f"{r['timings']['wall_seconds']:.0f}s", r["diagnosis"][:90]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -96,7 +96,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
         with lock:
             transcript.annotate(kind, text)
 
-    console = Console(conn.getURI(), dom.name, transcript)
+    console = Console(conn.getURI(), dom.name, transcript, host_lost=lambda: host.lost(conn))
     facts: dict = {"preflight": {}, "vmcore": {}}
     cut_short = None
     shut_down_cleanly = False
@@ -104,6 +104,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
         with timings.measure("start"):
             dom.start_paused()
             dom.on_event(host_event)
+        say(f"created {dom.name} (paused); attaching the console")
         with timings.measure("attach"):
             console.attach(top.child("attach", ATTACH_SECONDS))
         dom.resume()
@@ -127,8 +128,8 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
             say(f"vmcore check: {facts['vmcore'].get('vmcore_count', '?')} dump file(s)")
             if dom.overlay is not None and dom.overlay.suffix == ".raw":
                 shut_down_cleanly = _poweroff(console, dom, top.child("poweroff", 120), host_event)
-    except KeyboardInterrupt:
-        cut_short = {"by": "user", "why": "interrupted (Ctrl-C)"}
+    except KeyboardInterrupt as exc:
+        cut_short = {"by": "user", "why": f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'})"}
         raise
     except LabError as exc:
         cut_short = {"by": "host" if isinstance(exc, HostError) else "lab", "why": str(exc)}

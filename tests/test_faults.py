@@ -1,0 +1,129 @@
+"""Fault injection: the lab is killed at each stage of a run, with SIGINT, SIGTERM and SIGKILL.
+
+After SIGINT/SIGTERM the lab must have removed everything itself; after any signal, `lab clean` must
+leave the libvirt domain list, the cache, the temporary directory and the process table exactly as
+they were before the run started.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import host, paths
+
+pytestmark = pytest.mark.live
+
+ROOT = Path(__file__).resolve().parent.parent
+# stage -> (scenario, the lab's progress line that says the stage is reached, extra wait in seconds)
+POINTS = {
+    "image_build": ("panic-reboot", r"^image: mmdebstrap ", 5.0),   # mmdebstrap has mounted proc/sys by then
+    "defined": ("panic-reboot", r": created panic-lab-\S+ \(paused\)", 0.0),
+    "booting": ("panic-reboot", r": started panic-lab-\S+ under", 8.0),
+    "logged_in": ("kdump", r": logged in; pre-flight", 0.0),
+    "panicked": ("kdump", r": stage panicked$", 0.0),
+    "capture_kernel": ("kdump", r": stage capture_kernel_booted$", 0.0),
+    "dump_saving": ("kdump", r": stage dump_saving$", 0.0),
+}
+SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
+INJECTIONS = [(stage, sig) for stage in POINTS for sig in SIGNALS]
+LEDGER = Path(tempfile.gettempdir()) / f"panic-lab-fault-ledger-{os.getpid()}.json"
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
+
+
+def _lab_processes() -> set[str]:
+    """Console, QEMU and builder processes that belong to lab runs."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if (paths.NAME_PREFIX in cmd and ("virsh" in cmd or "qemu" in cmd)) or "mmdebstrap" in cmd:
+            found.add(f"{proc.name} {cmd[:120]}")
+    return found
+
+
+def _state(cache: Path) -> dict:
+    conn = host.connect()
+    try:
+        domains = sorted(d.name() for d in conn.listAllDomains())
+    finally:
+        conn.close()
+    return {"domains": domains, "cache": _tree(cache), "tmp": set(os.listdir(tempfile.gettempdir())) - {LEDGER.name},
+            "processes": _lab_processes()}
+
+
+def _lab(*args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "lab", *args], cwd=ROOT, env=env, text=True, **kw)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "images").mkdir(parents=True)   # the layout any machine that ran the lab once has
+    return cache
+
+
+@pytest.mark.parametrize("stage,sig", INJECTIONS, ids=[f"{s}-{g.name}" for s, g in INJECTIONS])
+def test_killed_lab_leaves_nothing_behind(stage, sig, tmp_path, fresh_cache):
+    scenario, progress, extra = POINTS[stage]
+    env = dict(os.environ, LAB_RESULTS_DIR=str(tmp_path / "results"))
+    cache = paths.cache_dir()
+    if stage == "image_build":   # a cache without the image, so that the run has to build it
+        env["LAB_CACHE_DIR"] = str(fresh_cache)
+        cache = fresh_cache
+    before = _state(cache)
+
+    lab = _lab("run", scenario, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in lab.stderr:
+        seen.append(line.rstrip())
+        if re.search(progress, line.rstrip()):
+            break
+        assert time.monotonic() < deadline, f"{stage} not reached in 300 s:\n" + "\n".join(seen[-10:])
+    else:
+        pytest.fail(f"the lab ended before {stage}:\n" + "\n".join(seen[-10:]))
+    time.sleep(extra)
+    lab.send_signal(sig)
+    _, rest = lab.communicate(timeout=180)
+    seen += rest.splitlines()
+    _record(stage, sig)
+
+    if sig != signal.SIGKILL:
+        assert lab.returncode == 130, "\n".join(seen[-10:])
+        assert f"lab: interrupted ({sig.name})" in seen[-1]
+        assert _state(cache) == before, "the lab left something behind without `lab clean`"
+    cleaned = subprocess.run([sys.executable, "-m", "lab", "clean"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert _state(cache) == before, cleaned.stdout
+
+
+def _record(stage, sig):
+    ledger = json.loads(LEDGER.read_text()) if LEDGER.exists() else []
+    ledger.append(f"{stage}-{sig.name}")
+    LEDGER.write_text(json.dumps(ledger))
+
+
+def test_at_least_20_injections_ran_in_this_session(request):
+    """Runs after the injections (same module, in order): 20 or more per session, each one carried out."""
+    selected = [i for i in request.session.items if i.originalname == "test_killed_lab_leaves_nothing_behind"]
+    ledger = json.loads(LEDGER.read_text()) if LEDGER.exists() else []
+    LEDGER.unlink(missing_ok=True)
+    if len(selected) < 20:
+        pytest.skip(f"only {len(selected)} injections selected")
+    print(f"fault injections in this session: {len(ledger)}")
+    assert len(ledger) == len(selected) >= 20, ledger
