@@ -6,6 +6,7 @@ libvirt and QEMU accept for that accelerator, are cached per host kernel, QEMU a
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -64,25 +65,32 @@ def detect(conn: libvirt.virConnect, kernel: str, render) -> Accel:
     if forced and forced not in ("kvm", "tcg"):
         raise HostError("accel", f"LAB_ACCEL={forced!r}: expected kvm or tcg")
     cache = _cache_file(conn)
-    cached = {}
-    if os.path.exists(cache):
-        with open(cache) as f:
-            cached = json.load(f)
-    choice = forced or cached.get("choice")
-    probe = cached.get("probe", "")
-    if not choice:
-        choice, probe = _probe_kvm(conn, kernel, render)
-    elif forced:
-        probe = f"forced by LAB_ACCEL={forced}"
-    base = KVM_BASE if choice == "kvm" else TCG_BASE
-    hv_key = f"hyperv-{choice}"
-    if hv_key not in cached:
-        cached[hv_key] = _probe_hyperv(conn, kernel, render, base)
-    if not forced:
-        cached.update(choice=choice, probe=probe)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
-    with open(cache, "w") as f:
-        json.dump(cached, f, indent=2)
+    # One probe at a time per host: two runs starting together must not both probe, nor read a half-written file.
+    lock = os.open(os.path.dirname(cache), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = {}
+        if os.path.exists(cache):
+            with open(cache) as f:
+                cached = json.load(f)
+        choice = forced or cached.get("choice")
+        probe = cached.get("probe", "")
+        if not choice:
+            choice, probe = _probe_kvm(conn, kernel, render)
+        elif forced:
+            probe = f"forced by LAB_ACCEL={forced}"
+        base = KVM_BASE if choice == "kvm" else TCG_BASE
+        hv_key = f"hyperv-{choice}"
+        if hv_key not in cached:
+            cached[hv_key] = _probe_hyperv(conn, kernel, render, base)
+        if not forced:
+            cached.update(choice=choice, probe=probe)
+        with open(cache + ".tmp", "w") as f:
+            json.dump(cached, f, indent=2)
+        os.replace(cache + ".tmp", cache)
+    finally:
+        os.close(lock)
     accepted = tuple((n, tuple(sorted(dict(a).items()))) for n, a in HYPERV_WANTED if n in cached[hv_key])
     rejected = tuple(n for n, _ in HYPERV_WANTED if n not in cached[hv_key])
     return Accel(hyperv=tuple((n, a) for n, a in accepted), hyperv_rejected=rejected, probe=probe, **base)

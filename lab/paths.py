@@ -19,8 +19,9 @@ def cache_dir() -> Path:
 
 
 def work_dir() -> Path:
-    """Per-run scratch (overlays, seeds): removed when the run ends."""
-    return cache_dir() / "runs"
+    """Per-run scratch (overlays, seeds): removed when the run ends. LAB_WORK_DIR puts it elsewhere
+    (a Gen1 run copies the whole disk: about 1.3 GB)."""
+    return Path(os.environ.get("LAB_WORK_DIR") or cache_dir() / "runs")
 
 
 def results_dir() -> Path:

@@ -7,6 +7,7 @@ import platform
 import time
 from pathlib import Path
 
+from .errors import HostError
 from .verdict import Verdict
 
 HYPERV_LINE = "Microsoft Hyper-V"
@@ -120,8 +121,12 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
 def write(artifacts: Path, report: dict) -> Path:
     path = artifacts / "report.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HostError("report", f"cannot write {path}: {exc.strerror}") from None
     return path
 
 

@@ -87,6 +87,9 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
             (artifacts / "user-data").write_text(dom.seed.user_data)
             (artifacts / "meta-data").write_text(dom.seed.meta_data)
             transcript = Transcript(artifacts)
+        except OSError as exc:
+            dom.teardown()
+            raise HostError("results", f"cannot write the run folder {artifacts}: {exc.strerror}") from None
         except BaseException:
             dom.teardown()
             raise

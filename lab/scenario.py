@@ -83,6 +83,7 @@ BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 DEFAULT_RUN = ("panic-reboot", "panic-hang", "kdump")   # `lab run` with no names
 
 
@@ -123,6 +124,8 @@ def with_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
 def validate(s: Scenario) -> None:
     def bad(msg: str) -> None:
         raise InputError("scenario", f"{s.name}: {msg}")
+    if not NAME.match(s.name):
+        bad("a scenario name is lowercase letters, digits and dashes (it names the run's folder and domain)")
     if s.image not in IMAGES:
         bad(f"unknown image {s.image!r} (known: {', '.join(IMAGES)})")
     if s.profile not in PROFILES:

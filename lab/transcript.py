@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from . import markers as M
+from .errors import HostError
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 KERNEL_TS = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(?:\[\s*[TC]\d+\]\s?)?|^\[\s*[TC]\d+\]\s?")
@@ -248,16 +249,22 @@ class Transcript:
         return round(time.monotonic() - self.started, 3)
 
     def write(self, data: bytes) -> list[Event]:
-        self._raw.write(data)
-        self._raw.flush()
+        try:
+            self._raw.write(data)
+            self._raw.flush()
+        except OSError as exc:   # a full disk: the run stops, it does not go on without its transcript
+            raise HostError("transcript", f"cannot write {self.path}: {exc.strerror}") from None
         self.last_output = time.monotonic()
         return self.reader.feed(data)
 
     def annotate(self, kind: str, text: str, **extra) -> Event:
         event = Event(kind, 0, text, "host", self.elapsed(), None, tuple(extra.items()))
         self.host_events.append(event)
-        self._host.write(json.dumps({"t": event.t, "kind": kind, "text": text, **extra}) + "\n")
-        self._host.flush()
+        try:
+            self._host.write(json.dumps({"t": event.t, "kind": kind, "text": text, **extra}) + "\n")
+            self._host.flush()
+        except OSError as exc:
+            raise HostError("transcript", f"cannot write {self.host_path}: {exc.strerror}") from None
         return event
 
     def events(self) -> list[Event]:
@@ -267,5 +274,7 @@ class Transcript:
     def close(self) -> None:
         self.reader.close()
         for f in (self._raw, self._host):
-            if not f.closed:
+            try:
                 f.close()
+            except OSError:
+                pass   # already reported by write(); what reached the disk stays

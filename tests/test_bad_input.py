@@ -1,0 +1,125 @@
+"""Bad input and a broken host: one line that names the problem, and nothing left behind."""
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab import host, paths, seed
+from lab import scenario as sc
+from lab.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lab(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, **(env or {})), timeout=300)
+
+
+def one_line_error(done, stage: str, words: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"lab: {stage}: "), done.stderr
+    assert words in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("override, words", [
+    ("image=centos6", "unknown image 'centos6'"),
+    ("boot_seconds=-5", "boot_seconds must be positive"),
+    ("stall_seconds=0", "stall_seconds must be positive"),
+    ("memory_mib=512", "leaves less than 384 MiB beside crashkernel=256M"),
+    ("vcpus=999", "host's cores"),
+    ("extra_cmdline=quiet$(reboot)", "shell metacharacters"),
+])
+def test_out_of_range_and_unknown_values_are_refused_before_anything_exists(tmp_path, override, words):
+    done = lab("run", "kdump", "--set", override, "--results", str(tmp_path / "results"))
+    one_line_error(done, "scenario", words)
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_name_that_would_escape_the_results_folder_is_refused():
+    with pytest.raises(InputError, match="lowercase letters, digits and dashes"):
+        sc.validate(dataclasses.replace(sc.resolve("kdump"), name="../../etc/cron.d/x"))
+
+
+def test_template_syntax_in_a_value_is_rendered_as_text():
+    s = sc.with_overrides(sc.resolve("kdump"), ["kdump_cmdline_append={{7*7}}{%raw%}"])
+    rendered = seed.render(s, "run-1")
+    assert "{{7*7}}{%raw%}" in rendered.user_data and "49" not in rendered.user_data
+
+
+def test_no_command_is_built_with_a_shell():
+    for source in (ROOT / "lab").glob("*.py"):
+        text = source.read_text()
+        assert not re.search(r"shell\s*=\s*True", text), source.name
+        assert "os.system(" not in text and "os.popen(" not in text, source.name
+
+
+def test_no_libvirt_is_one_line_and_writes_nothing(tmp_path):
+    done = lab("run", "kdump", "--results", str(tmp_path / "results"),
+               env={"LAB_URI": "qemu+unix:///system?socket=/nonexistent/libvirt-sock"})
+    one_line_error(done, "host", "libvirt unreachable at qemu+unix:///system?socket=/nonexistent/libvirt-sock")
+    assert not (tmp_path / "results").exists()
+
+
+def test_no_mmdebstrap_is_one_line_and_builds_nothing(tmp_path):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("mkfs.ext4", "qemu-img"):   # every build tool but mmdebstrap
+        found = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        if found:
+            (tools / tool).symlink_to(found)
+    done = lab("images", "build", env={"PATH": str(tools), "LAB_CACHE_DIR": str(tmp_path / "cache")})
+    one_line_error(done, "image", "mmdebstrap not installed")
+    assert not list((tmp_path / "cache").rglob("*-build-*"))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A tmpfs of a few KiB: a full disk, without filling the host's."""
+    def make(kib: int) -> Path:
+        where = tmp_path / f"tiny-{kib}k"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        made.append(where)
+        return where
+    made: list[Path] = []
+    yield make
+    for where in made:
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def _lab_domains() -> list[str]:
+    conn = host.connect()
+    try:
+        return [d.name() for d in conn.listAllDomains() if d.name().startswith(paths.NAME_PREFIX)]
+    finally:
+        conn.close()
+
+
+@pytest.mark.live
+def test_a_full_disk_for_the_overlay_is_a_host_error_with_nothing_left(tmp_path, tiny_disk):
+    scratch = tiny_disk(1024)   # a Gen1 run copies the whole disk image: far more than 1 MiB
+    before = _lab_domains()
+    done = lab("run", "hyperv-panic-hang", "--results", str(tmp_path / "results"), env={"LAB_WORK_DIR": str(scratch)})
+    one_line_error(done, "domain", "No space left on device")
+    assert list(scratch.iterdir()) == []
+    assert _lab_domains() == before
+
+
+@pytest.mark.live
+def test_a_full_disk_for_the_transcript_stops_the_run_as_a_host_error(tmp_path, tiny_disk):
+    results = tiny_disk(64)     # room for the domain XML and the seed, not for a boot's console output
+    before = _lab_domains()
+    done = lab("run", "panic-reboot", "--results", str(results), env={"LAB_WORK_DIR": str(tmp_path / "scratch")})
+    assert "cut short: host: transcript: cannot write" in done.stderr and "No space left on device" in done.stderr, done.stderr
+    assert done.returncode == 2 and done.stderr.splitlines()[-1].startswith("lab: report: cannot write"), done.stderr
+    assert _lab_domains() == before
+    assert not (tmp_path / "scratch").exists() or list((tmp_path / "scratch").iterdir()) == []
+    (run,) = list(results.iterdir())
+    assert (run / "console.log").stat().st_size > 0   # what fit on the disk is kept

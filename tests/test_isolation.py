@@ -1,0 +1,31 @@
+"""Two `lab run` invocations at once on one host: one image build, and nothing shared but the image."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.live
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_two_runs_at_once_build_the_image_once_and_do_not_collide(tmp_path):
+    # A cache without the image: both runs need it, and only one may build it.
+    env = dict(os.environ, LAB_CACHE_DIR=str(tmp_path / "cache"), LAB_RESULTS_DIR=str(tmp_path / "results"))
+    labs = [subprocess.Popen([sys.executable, "-m", "lab", "run", "panic-reboot", "--json"], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [lab.communicate(timeout=900) for lab in labs]
+    for lab, (out, err) in zip(labs, outputs):
+        assert lab.returncode == 0, err[-2000:]
+    builds = sum(err.count("image: building debian12") for _, err in outputs)
+    assert builds == 1, "the image was built more than once"
+    reports = [json.loads(out)[0] for out, _ in outputs]
+    assert reports[0]["run_id"] != reports[1]["run_id"]
+    assert all(r["verdict"] == "reboot" for r in reports), [r["diagnosis"] for r in reports]
+    folders = {Path(r["artifacts"]["dir"]) for r in reports}
+    assert len(folders) == 2 and all(f.parent == tmp_path / "results" for f in folders)
+    assert reports[0]["image"]["key"] == reports[1]["image"]["key"]
+    assert list((tmp_path / "cache" / "runs").iterdir()) == []   # both runs' scratch is gone
