@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from . import host, image, paths
+from . import catalog, host, image, paths
 
 
 def _owner(dom: libvirt.virDomain) -> int | None:
@@ -73,9 +73,16 @@ def clean(images: bool = False, force: bool = False) -> list[str]:
             image.stop_builder(pgid)
         image.remove_build(leftover)
         done.append(f"removed interrupted image build {leftover}")
+    for part in catalog.partial_downloads():
+        part.unlink(missing_ok=True)
+        done.append(f"removed partial download {part} (a pull would have resumed it)")
     image_root = paths.cache_dir() / "images"
     if image_root.exists():
         if images:
+            cloud = paths.cache_dir() / "cloud"
+            if cloud.exists():
+                shutil.rmtree(cloud, ignore_errors=True)
+                done.append(f"removed pulled images {cloud}")
             for built in image_root.iterdir():
                 if built.is_dir() and not built.name.startswith("."):
                     shutil.rmtree(built, ignore_errors=True)

@@ -53,14 +53,29 @@ def _cmd_classify(args) -> int:
 
 
 def _cmd_images(args) -> int:
-    from . import image
+    from . import catalog, image
     if args.action == "build":
         img = image.ensure(args.name or "debian12")
         print(img.disk)
         return 0
+    if args.action == "pull":
+        if not args.name:
+            raise LabError("image", "which image? `lab images pull NAME` (names: `lab images`)")
+        print(catalog.pull(args.name))
+        return 0
+    print("built offline (lab images build NAME):")
     for row in image.listing():
         state = f"cached, {row['size_bytes'] / 2**20:.0f} MiB, {row['disk']}" if row["cached"] else "not built"
-        print(f"{row['name']:<10} {row['key']}  {state}")
+        print(f"  {row['name']:<16} {row['key']}  {state}")
+    print("published cloud images (lab images pull NAME; booting them was not run here):")
+    for row in catalog.listing():
+        if row["cached"]:
+            state = f"cached, {row['size_bytes'] / 2**20:.0f} MiB"
+        elif row["partial_bytes"]:
+            state = f"partial, {row['partial_bytes'] / 2**20:.0f} MiB downloaded (pull again to resume)"
+        else:
+            state = "available"
+        print(f"  {row['name']:<16} {row['family']:<6} {row['kdump']:<12}  {state}")
     return 0
 
 
@@ -89,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="*", metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_classify)
-    p = sub.add_parser("images", help="list images, or build one")
-    p.add_argument("action", nargs="?", choices=["list", "build"], default="list")
+    p = sub.add_parser("images", help="list images, build the offline one, or pull a published one")
+    p.add_argument("action", nargs="?", choices=["list", "build", "pull"], default="list")
     p.add_argument("name", nargs="?")
     p.set_defaults(fn=_cmd_images)
     p = sub.add_parser("clean", help="remove what the lab made: its domains, overlays and probe leftovers")

@@ -127,3 +127,25 @@ def test_at_least_20_injections_ran_in_this_session(request):
         pytest.skip(f"only {len(selected)} injections selected")
     print(f"fault injections in this session: {len(ledger)}")
     assert len(ledger) == len(selected) >= 20, ledger
+
+
+def test_a_libvirtd_restart_ends_the_run_as_a_host_error_and_cleanup_still_works(tmp_path):
+    env = dict(os.environ, LAB_RESULTS_DIR=str(tmp_path / "results"))
+    before = _state(paths.cache_dir())
+    lab = _lab("run", "panic-reboot", "--json", env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    for line in lab.stderr:
+        if re.search(POINTS["booting"][1], line):
+            break
+    time.sleep(5)
+    subprocess.run(["pkill", "-x", "libvirtd"], check=True)
+    for _ in range(40):
+        if subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0:
+            break
+        time.sleep(0.25)
+    subprocess.run([str(ROOT / "scripts" / "start-libvirt.sh")], check=True, capture_output=True)
+    out, err = lab.communicate(timeout=180)
+    (report,) = json.loads(out)
+    assert report["cut_short"]["by"] == "host", report["cut_short"]
+    assert "the libvirt connection closed" in report["cut_short"]["why"]
+    assert report["verdict"] is None and lab.returncode == 1, err[-1000:]
+    assert _state(paths.cache_dir()) == before   # the domain was destroyed over a new connection

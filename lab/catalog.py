@@ -1,0 +1,251 @@
+"""The catalog of published cloud images (images/catalog.toml), and pulling one into the cache.
+
+Part of stage 1, image. A pull is resumable (HTTP Range on a .part file), verified against the
+project's own checksum file (or a pinned digest) before anything counts as cached, and safe when two
+run at once (an flock on the image's cache folder: the second waits, then finds it done).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import os
+import re
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .errors import HostError, InputError
+
+KEYS = {"url", "sha256", "checksum_url", "checksum_entry", "checksum_algo", "family", "kdump", "user", "crashkernel"}
+FAMILIES = {"rhel": "dracut-kdump", "debian": "kdump-tools"}
+CHUNK = 1 << 20
+TIMEOUT = 30   # seconds without a byte before a download counts as stalled
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    url: str
+    family: str
+    kdump: str
+    user: str
+    crashkernel: str
+    sha256: str | None = None
+    checksum_url: str | None = None
+    checksum_entry: str | None = None
+    checksum_algo: str = "sha256"
+
+    @property
+    def filename(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def catalog_path() -> Path:
+    return Path(os.environ.get("LAB_CATALOG") or paths.IMAGES / "catalog.toml")
+
+
+def load(path: Path | None = None) -> dict[str, Entry]:
+    path = path or catalog_path()
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InputError("catalog", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError("catalog", f"{path}: malformed TOML: {exc}") from None
+    entries = {}
+    for name, raw in data.items():
+        where = f"{path}: [{name}]"
+        if not isinstance(raw, dict):
+            raise InputError("catalog", f"{where}: expected a table")
+        unknown = sorted(set(raw) - KEYS)
+        if unknown:
+            raise InputError("catalog", f"{where}: unknown key {unknown[0]!r}")
+        for key in ("url", "family", "kdump", "user", "crashkernel"):
+            if key not in raw:
+                raise InputError("catalog", f"{where}: missing key {key!r}")
+        if raw["family"] not in FAMILIES:
+            raise InputError("catalog", f"{where}: family {raw['family']!r} is not one of {', '.join(FAMILIES)}")
+        if raw["kdump"] != FAMILIES[raw["family"]]:
+            raise InputError("catalog", f"{where}: kdump {raw['kdump']!r} does not go with family {raw['family']}")
+        if not raw.get("sha256") and not (raw.get("checksum_url") and raw.get("checksum_entry")):
+            raise InputError("catalog", f"{where}: needs sha256, or checksum_url and checksum_entry")
+        if raw.get("checksum_algo", "sha256") not in ("sha256", "sha512"):
+            raise InputError("catalog", f"{where}: checksum_algo must be sha256 or sha512")
+        if not re.match(r"^https?://", raw["url"]):
+            raise InputError("catalog", f"{where}: url must be http(s)")
+        entries[name] = Entry(name=name, **raw)
+    return entries
+
+
+def entry(name: str) -> Entry:
+    entries = load()
+    if name not in entries:
+        raise InputError("image", f"unknown image {name!r} (catalog: {', '.join(entries)})")
+    return entries[name]
+
+
+def _folder(name: str) -> Path:
+    return paths.cache_dir() / "cloud" / name
+
+
+def cached(e: Entry) -> Path | None:
+    """The verified image, if it is in the cache: a digest file is written only after verification."""
+    image = _folder(e.name) / e.filename
+    return image if image.exists() and (_folder(e.name) / f"{e.filename}.verified").exists() else None
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open(url: str, start: int = 0):
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    try:
+        return urllib.request.urlopen(request, timeout=TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        raise HostError("pull", f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise HostError("pull", f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def expected_digest(e: Entry) -> str:
+    if e.sha256:
+        return e.sha256.lower()
+    with _open(e.checksum_url) as response:
+        text = response.read(4 << 20).decode(errors="replace")
+    want = e.checksum_entry
+    for line in text.splitlines():
+        # GNU: "digest  name" or "digest *name"; BSD: "SHA256 (name) = digest"
+        gnu = re.match(r"^([0-9a-fA-F]{64,128})\s+\*?(\S+)$", line.strip())
+        bsd = re.match(r"^(SHA\d+) \((.+)\) = ([0-9a-fA-F]{64,128})$", line.strip())
+        if gnu and gnu.group(2) == want:
+            return gnu.group(1).lower()
+        if bsd and bsd.group(2) == want:
+            return bsd.group(3).lower()
+    raise HostError("pull", f"{e.checksum_url} has no entry for {want}")
+
+
+class Progress:
+    """One status line on stderr: a bar on a terminal, a line every 10 % otherwise."""
+
+    def __init__(self, name: str, total: int | None, done: int, out=sys.stderr):
+        self.name, self.total, self.done, self.out = name, total, done, out
+        self.started, self.start_bytes = time.monotonic(), done
+        self.tty = out.isatty()
+        self._last_shown = 0.0
+        self._last_decile = -1
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.tty and now - self._last_shown < 0.2:
+            return
+        self._last_shown = now
+        rate = (self.done - self.start_bytes) / max(now - self.started, 1e-6) / 2**20
+        if self.total:
+            share = self.done / self.total
+            if self.tty:
+                bar = "#" * int(share * 30)
+                self.out.write(f"\rpull {self.name}: [{bar:<30}] {share:6.1%} {self.done / 2**20:8.1f} MiB {rate:6.1f} MiB/s")
+                self.out.flush()
+            elif int(share * 10) > self._last_decile:
+                self._last_decile = int(share * 10)
+                print(f"pull {self.name}: {share:.0%} of {self.total / 2**20:.1f} MiB ({rate:.1f} MiB/s)", file=self.out, flush=True)
+        elif self.tty:
+            self.out.write(f"\rpull {self.name}: {self.done / 2**20:8.1f} MiB {rate:6.1f} MiB/s")
+            self.out.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def pull(name: str, log=sys.stderr) -> Path:
+    """Download, resume and verify one catalog image; return the cached file."""
+    e = entry(name)
+    folder = _folder(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        done = cached(e)
+        if done:
+            return done
+        want = expected_digest(e)
+        part = folder / f"{e.filename}.part"
+        digest = hashlib.new(e.checksum_algo)
+        have = part.stat().st_size if part.exists() else 0
+        if have:   # resume: the bytes already on disk go into the digest first
+            with part.open("rb") as f:
+                while block := f.read(CHUNK):
+                    digest.update(block)
+        response = _open(e.url, have)
+        if have and response.status != 206:   # the server ignored the range: start over
+            have, digest = 0, hashlib.new(e.checksum_algo)
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else None
+        progress = Progress(name, total, have, log)
+        if have:
+            print(f"pull {name}: resuming at {have / 2**20:.1f} MiB", file=log, flush=True)
+        try:
+            with response, part.open("ab" if have else "wb") as out:
+                while block := response.read(CHUNK):
+                    out.write(block)
+                    digest.update(block)
+                    progress.add(len(block))
+        except (OSError, http.client.HTTPException) as exc:   # a dropped connection keeps the .part to resume
+            raise HostError("pull", f"{e.url}: download interrupted at {progress.done} bytes ({exc}); "
+                                    "pull again to resume") from None
+        finally:
+            progress.finish()
+        if total is not None and progress.done != total:
+            raise HostError("pull", f"{e.url}: download interrupted at {progress.done} of {total} bytes; "
+                                    "pull again to resume")
+        got = digest.hexdigest()
+        if got != want:
+            part.unlink()
+            raise HostError("pull", f"{name}: {e.checksum_algo} mismatch (expected {want[:16]}…, got {got[:16]}…); "
+                                    "the download was removed, nothing cached")
+        final = folder / e.filename
+        part.replace(final)
+        (folder / f"{e.filename}.verified").write_text(f"{e.checksum_algo} {got}\n")
+        print(f"pull {name}: verified ({e.checksum_algo}), cached at {final}", file=log, flush=True)
+        return final
+
+
+def partial_downloads() -> list[Path]:
+    """.part files no pull is working on (a pull holds its folder's lock): kept to resume, until `lab clean`."""
+    found = []
+    for folder in sorted((paths.cache_dir() / "cloud").glob("*")):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        finally:
+            os.close(fd)
+        found += sorted(folder.glob("*.part"))
+    return found
+
+
+def listing() -> list[dict]:
+    rows = []
+    for e in load().values():
+        image = cached(e)
+        part = _folder(e.name) / f"{e.filename}.part"
+        rows.append({"name": e.name, "family": e.family, "kdump": e.kdump, "cached": bool(image),
+                     "size_bytes": image.stat().st_size if image else 0,
+                     "partial_bytes": part.stat().st_size if part.exists() else 0, "url": e.url})
+    return rows
