@@ -196,7 +196,7 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
         made = subprocess.run(cmd, capture_output=True, text=True)
         if made.returncode != 0:
             raise HostError("domain", f"qemu-img create failed: {made.stderr.strip()[:200]}")
-        seed = render_seed(scenario, run_id, STANDINS.get(scenario.profile, {}))
+        seed = render_seed(scenario, run_id, STANDINS.get(scenario.profile, {}), image.guest)
         iso = write_iso(seed, workdir)
         xml = render_xml(scenario.profile, accel={"domain_type": accel.domain_type, "cpu_mode": accel.cpu_mode},
                          hyperv=accel.hyperv_elements(), name=name, uuid=str(uuid.uuid4()), run_id=run_id,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import HostError, InputError
+from .seed import OFFLINE_DEBIAN, Guest
 
 RECIPES = {"debian12": paths.IMAGES / "debian12"}
 BUILD_TOOLS = ("mmdebstrap", "mkfs.ext4", "qemu-img")
@@ -30,6 +31,7 @@ class Image:
     kernel: Path
     initrd: Path
     kernel_version: str
+    guest: Guest = OFFLINE_DEBIAN   # its kdump tooling and how crashkernel= is set
 
 
 def recipe_key(name: str) -> str:

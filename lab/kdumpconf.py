@@ -92,3 +92,22 @@ def to_kdump_tools(conf: str, standins: dict[str, list[str]] | None = None) -> K
     if blacklist:
         out.cmdline_append.insert(0, "modprobe.blacklist=" + ",".join(blacklist))
     return out
+
+
+# kdump-utils (RHEL 9 and later) refuses these keys as deprecated and does not arm kdump; kexec-tools
+# on RHEL 6-8 read them.
+KDUMP_UTILS_DEPRECATED = ("blacklist", "options", "disk_timeout")
+
+
+def lint(conf: str | None, flavour: str) -> list[str]:
+    """What the guest's tooling will make of a kdump.conf, said before the run."""
+    if conf is None:
+        return []
+    keys = [line.split()[0] for line in conf.splitlines() if line.split() and not line.lstrip().startswith("#")]
+    if flavour == "dracut-kdump":
+        old = [k for k in keys if k in KDUMP_UTILS_DEPRECATED]
+        if old:
+            return [f"kdump.conf uses {', '.join(dict.fromkeys(old))}: today's kdump-utils rejects them as deprecated "
+                    "and leaves kdump unarmed, so expect \"kdump not armed\" (kexec-tools on RHEL 6-8 accepts them); "
+                    "the modern form is KDUMP_COMMANDLINE_APPEND=\"rd.driver.blacklist=... ata_piix.prefer_ms_hyperv=0\""]
+    return []

@@ -38,6 +38,7 @@ def _armed(scenario, preflight: dict, transcript) -> dict:
         why = "the scenario turns kdump off (USE_KDUMP=0)"
     elif not loaded:
         complaints = [e.text for e in transcript.reader.events if e.kind == "kdump_not_armed"]
+        complaints += [preflight["kdump_complaint"]] if preflight.get("kdump_complaint") else []
         if preflight.get("kexec_crash_size") in ("0", None, ""):
             why = "no crashkernel reservation (kexec_crash_size is 0)"
         elif complaints:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from . import accel as accel_mod
 from . import domain as domain_mod
-from . import host, image as image_mod, report as report_mod
+from . import host, image as image_mod, kdumpconf, report as report_mod
 from .console import Console, ConsoleClosed
 from .deadline import Deadline
 from .errors import HostError, LabError
@@ -76,6 +76,9 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
     with timings.measure("connect"):
         conn = host.connect()
     image = image_mod.ensure(scenario.image, log=log)   # a build, when needed, is not lab overhead
+    warnings = kdumpconf.lint(kdumpconf.CONFIGS[scenario.kdump_config], image.guest.flavour)
+    for warning in warnings:
+        say(f"warning: {warning}")
     with timings.measure("accel"):
         accel = accel_mod.detect(conn, str(image.kernel),
                                  domain_mod.probe_renderer(str(image.kernel), domain_mod.run_as_root(conn)))
@@ -151,6 +154,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
     report = report_mod.build(uri=conn.getURI(), run_id=run_id, scenario=scenario, accel=accel, image=image, verdict=verdict,
                               facts=facts, transcript=transcript, artifacts=artifacts, timings=timings.lab,
                               wall=time.monotonic() - t0, cut_short=cut_short)
+    report["warnings"] = warnings
     report_mod.write(artifacts, report)
     say(f"verdict {verdict.verdict} at {verdict.stage}: {verdict.diagnosis}")
     return report

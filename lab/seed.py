@@ -27,6 +27,24 @@ class Seed:
     meta_data: str
 
 
+@dataclass(frozen=True)
+class Guest:
+    """What kind of guest the seed is for: its kdump tooling and how crashkernel= gets set."""
+    flavour: str = "kdump-tools"        # kdump-tools (Debian, Ubuntu) | dracut-kdump (RHEL family)
+    crashkernel: str = "cmdline"        # cmdline: direct kernel boot; grub-reboot: the guest's grub, one reboot
+
+    @property
+    def kdump_service(self) -> str:
+        return "kdump-tools.service" if self.flavour == "kdump-tools" else "kdump.service"
+
+    @property
+    def kdump_status(self) -> str:
+        return "kdump-config status" if self.flavour == "kdump-tools" else "kdumpctl status"
+
+
+OFFLINE_DEBIAN = Guest()   # the image the lab builds (images/debian12)
+
+
 def kdump_tools_config(scenario: Scenario, standins: dict) -> kdumpconf.KdumpTools:
     conf = kdumpconf.CONFIGS[scenario.kdump_config]
     if conf is None:
@@ -37,12 +55,32 @@ def kdump_tools_config(scenario: Scenario, standins: dict) -> kdumpconf.KdumpToo
         raise InputError("scenario", f"{scenario.name}: kdump_config {scenario.kdump_config}: {exc}") from None
 
 
-def render(scenario: Scenario, run_id: str, standins: dict | None = None) -> Seed:
-    translated = kdump_tools_config(scenario, standins or {})
-    append = " ".join(filter(None, [KDUMP_TOOLS_APPEND, *translated.cmdline_append, scenario.kdump_cmdline_append]))
-    context = {"scenario": scenario, "run_id": run_id, "password": PASSWORD, "kdump_cmdline_append": append,
-               "kdump_variables": translated.variables}
+def render(scenario: Scenario, run_id: str, standins: dict | None = None, guest: Guest = OFFLINE_DEBIAN) -> Seed:
+    context = {"scenario": scenario, "run_id": run_id, "password": PASSWORD, "guest": guest,
+               "kdump_cmdline_append": "", "kdump_variables": {}, "kdump_conf": None, "runcmd": []}
+    if guest.flavour == "kdump-tools":
+        translated = kdump_tools_config(scenario, standins or {})
+        context["kdump_cmdline_append"] = " ".join(filter(None, [KDUMP_TOOLS_APPEND, *translated.cmdline_append,
+                                                                 scenario.kdump_cmdline_append]))
+        context["kdump_variables"] = translated.variables
+        if guest.crashkernel == "grub-reboot":
+            context["runcmd"] = [["update-grub"]]
+    else:
+        context["kdump_conf"] = kdumpconf.CONFIGS[scenario.kdump_config]   # None: the image's own file
+        context["runcmd"] = _dracut_runcmd(scenario)
     return Seed(_env.get_template("user-data.j2").render(context), _env.get_template("meta-data.j2").render(context))
+
+
+def _dracut_runcmd(scenario: Scenario) -> list[list[str]]:
+    crashkernel = (["--remove-args=crashkernel"] if scenario.crashkernel == "0"
+                   else [f"--args=crashkernel={scenario.crashkernel}"])
+    commands = [["grubby", "--update-kernel=ALL", *crashkernel],
+                ["systemctl", "enable" if scenario.kdump else "disable", "kdump.service"]]
+    if scenario.kdump_cmdline_append:
+        # Appended to the distribution's own KDUMP_COMMANDLINE_APPEND in /etc/sysconfig/kdump, never replacing it.
+        commands.append(["sed", "-i", f's|^KDUMP_COMMANDLINE_APPEND="\\(.*\\)"|KDUMP_COMMANDLINE_APPEND="\\1 '
+                                      f'{scenario.kdump_cmdline_append}"|', "/etc/sysconfig/kdump"])
+    return commands
 
 
 def write_iso(seed: Seed, directory: Path) -> Path:
