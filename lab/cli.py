@@ -11,20 +11,45 @@ from . import paths
 from .errors import LabError
 
 
+def _scenarios(args) -> list:
+    from . import scenario as sc
+    chosen = []
+    for item in args.scenarios or sc.DEFAULT_RUN:
+        if item.endswith(".toml") or "/" in item:
+            chosen += sc.load_file(item)
+        else:
+            chosen.append(sc.resolve(item))
+    overrides = list(args.set) + ([f"repeat={args.repeat}"] if args.repeat is not None else [])
+    return [sc.with_overrides(s, overrides) for s in chosen] if overrides else chosen
+
+
 def _cmd_run(args) -> int:
-    from . import report, runner, scenario as sc
-    scenarios = [sc.with_overrides(sc.resolve(name), args.set) for name in (args.scenarios or sc.DEFAULT_RUN)]
-    results = Path(args.results) if args.results else paths.results_dir()
-    reports = []
-    for s in scenarios:
-        reports.append(runner.run(s, results))
+    import time
+    import uuid
+    from . import host, report, runner
+    scenarios = _scenarios(args)   # everything is validated before anything is created
+    if args.parallel is not None and not 1 <= args.parallel <= 16:
+        raise LabError("run", f"--parallel {args.parallel} is outside 1..16")
+    parallel = args.parallel or runner.default_parallel(scenarios)
+    host.connect().close()   # libvirt must answer before a results folder is made
+    root = Path(args.results) if args.results else paths.results_dir()
+    folder = root / f"lab-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    folder.mkdir(parents=True)
+    runs = sum(s.repeat for s in scenarios)
+    print(f"lab: {runs} run(s), {parallel} at a time; results in {folder}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    reports = runner.run_many(scenarios, folder, parallel)
+    data = report.write_invocation(folder, reports, parallel, time.monotonic() - started)
     if args.json:
         print(json.dumps(reports, indent=2, default=str))
     else:
         print(report.table(reports))
-        print(f"\nartifacts: {results}")
-    failed = [r for r in reports if r["expectation_met"] is False or r["cut_short"]]
-    return 1 if failed else 0
+        for name, row in data["scenarios"].items():
+            if row["runs"] > 1:
+                rates = ", ".join(f"{v} {n}" for v, n in row["counts"].items() if n)
+                print(f"{name}: {row['runs']} runs: {rates}")
+        print(f"\nresults: {folder} (summary.json, junit.xml, one folder per run)")
+    return 0 if data["all_expectations_held"] else 1
 
 
 def _cmd_classify(args) -> int:
@@ -95,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run scenarios on real guests (default: the three base scenarios)")
-    p.add_argument("scenarios", nargs="*", metavar="SCENARIO")
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO|FILE.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario value")
-    p.add_argument("--results", metavar="DIR", help="where run folders go (default: ./results)")
+    p.add_argument("--results", metavar="DIR", help="where results folders go (default: ./results)")
+    p.add_argument("--parallel", type=int, metavar="N", help="runs at once (default: from cores and free memory)")
+    p.add_argument("--repeat", type=int, metavar="N", help="run each scenario N times")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_run)
     p = sub.add_parser("classify", help="classify saved serial logs (or stdin) into a verdict")

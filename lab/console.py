@@ -5,6 +5,7 @@ Every byte read goes to the transcript first; matching is done on what the trans
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 
 import pexpect
@@ -20,6 +21,11 @@ KEY_VALUE = re.compile(r"^lab:([\w.-]+)=(.*)$")
 
 class ConsoleClosed(HostError):
     pass
+
+
+# Set when the user interrupts a set of runs: runs in worker threads (which never see the signal)
+# stop at their next console read and clean up as if they had been interrupted themselves.
+CANCEL = threading.Event()
 
 
 class Console:
@@ -48,6 +54,8 @@ class Console:
     def pump(self, timeout: float) -> list[Event]:
         """Read what the console has (waiting at most `timeout`), log it, return the new marker events."""
         assert self.child is not None
+        if CANCEL.is_set():
+            raise KeyboardInterrupt("cancelled with the other runs")
         lost = self.host_lost()
         if lost:
             # virsh console does not notice a libvirtd restart: it just stops delivering.
@@ -134,5 +142,10 @@ class Console:
                 found[m.group(1)] = m.group(2).strip()
         return found
 
-    def trigger(self) -> None:
-        self.send("echo c > /proc/sysrq-trigger\r")
+    def trigger(self, cpu: int | None = None) -> str:
+        """Panic the guest through sysrq c, on one CPU if asked; returns the command typed."""
+        command = "echo c > /proc/sysrq-trigger"
+        if cpu is not None:
+            command = f"taskset -c {int(cpu)} sh -c 'echo c > /proc/sysrq-trigger'"
+        self.send(command + "\r")
+        return command

@@ -123,6 +123,13 @@ class Domain:
                              (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, reboot)):
             self.callbacks.append(self.conn.domainEventRegisterAny(self.dom, event_id, fn, None))
 
+    def inject_nmi(self) -> None:
+        assert self.dom is not None
+        try:
+            self.dom.injectNMI(0)
+        except libvirt.libvirtError as exc:
+            raise HostError("domain", f"inject-nmi failed: {exc.get_error_message()}") from None
+
     def throttle(self, target: str, bytes_per_second: int) -> None:
         """Starve one disk path from the host (0 lifts it): the guest's drivers see I/O that never completes."""
         assert self.dom is not None

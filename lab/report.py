@@ -131,6 +131,103 @@ def write(artifacts: Path, report: dict) -> Path:
     return path
 
 
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3)
+
+
+def _stage_times(report: dict) -> dict[str, float]:
+    """Seconds from the panic (or from the trigger, when the panic line never reached the console)."""
+    stages = {s["name"]: s["t"] for s in report.get("stages", []) if s.get("t") is not None}
+    start = stages.get("panicked")
+    if start is None:
+        start = next((e["t"] for e in report.get("host_events", []) if e["kind"] == "trigger"), None)
+    if start is None:
+        return {}
+    return {name: round(t - start, 3) for name, t in stages.items() if t >= start}
+
+
+def summary(reports: list[dict], invocation: str, parallel: int, wall: float) -> dict:
+    """Per scenario: how many runs ended how, whether the expectations held, stage time percentiles."""
+    scenarios: dict[str, dict] = {}
+    for r in reports:
+        name = r["scenario"]["name"]
+        row = scenarios.setdefault(name, {"runs": 0, "expect": r["scenario"].get("expect"),
+                                          "counts": {v: 0 for v in ("reboot", "dump", "hang", "unknown", "error")},
+                                          "expectation_met": 0, "times": {}})
+        row["runs"] += 1
+        row["counts"][r["verdict"] or "error"] += 1
+        row["expectation_met"] += r.get("expectation_met") is True
+        for stage, t in _stage_times(r).items():
+            row["times"].setdefault(stage, []).append(t)
+    for row in scenarios.values():
+        row["rates"] = {v: round(n / row["runs"], 3) for v, n in row["counts"].items() if n}
+        row["stage_seconds_from_panic"] = {
+            stage: {"n": len(ts), "p50": _percentile(ts, 0.5), "p90": _percentile(ts, 0.9), "max": max(ts)}
+            for stage, ts in row.pop("times").items()}
+    return {"invocation": invocation, "parallel": parallel, "wall_seconds": round(wall, 1), "runs": len(reports),
+            "all_expectations_held": all(r.get("expectation_met") is not False and not r.get("cut_short")
+                                         for r in reports),
+            "scenarios": scenarios,
+            "run_list": [{"run_id": r.get("run_id"), "scenario": r["scenario"]["name"], "verdict": r["verdict"],
+                          "expected": r["scenario"].get("expect"), "stage": r.get("stage"),
+                          "diagnosis": r.get("diagnosis") or r.get("error"),
+                          "folder": (r.get("artifacts") or {}).get("dir")} for r in reports]}
+
+
+def _excerpt(report: dict, lines: int = 40) -> str:
+    """The console around the last evidence line: what a reader of a failed test needs first."""
+    folder = (report.get("artifacts") or {}).get("dir")
+    log = Path(folder) / "console.log" if folder else None
+    if not log or not log.exists():
+        return ""
+    text = log.read_bytes().decode(errors="replace").replace("\r", "").splitlines()
+    marks = [e["line"] for e in report.get("evidence", []) if e.get("line")]
+    end = min(len(text), (max(marks) + 5) if marks else len(text))
+    return "\n".join(text[max(0, end - lines):end])
+
+
+def junit(reports: list[dict], invocation: str) -> str:
+    """One testcase per run; stage timings as properties; a transcript excerpt in each failure."""
+    from xml.etree import ElementTree as ET
+    failures = sum(1 for r in reports if r.get("expectation_met") is False and not r.get("cut_short"))
+    errors = sum(1 for r in reports if r.get("cut_short"))
+    suite = ET.Element("testsuite", name=f"panic-lab {invocation}", tests=str(len(reports)),
+                       failures=str(failures), errors=str(errors),
+                       time=str(round(sum((r.get("timings") or {}).get("wall_seconds", 0) for r in reports), 1)))
+    for r in reports:
+        case = ET.SubElement(suite, "testcase", classname=f"panic-lab.{r['scenario']['name']}",
+                             name=r.get("run_id") or r["scenario"]["name"],
+                             time=str((r.get("timings") or {}).get("wall_seconds", 0)))
+        props = ET.SubElement(case, "properties")
+        for key, value in [("verdict", r["verdict"] or "error"), ("stage", r.get("stage") or ""),
+                           ("expected", r["scenario"].get("expect") or "")] + \
+                          [(f"seconds_from_panic.{k}", v) for k, v in _stage_times(r).items()]:
+            ET.SubElement(props, "property", name=key, value=str(value))
+        if r.get("cut_short"):
+            error = ET.SubElement(case, "error", message=str(r["cut_short"].get("why")), type=str(r["cut_short"].get("by")))
+            error.text = _excerpt(r)
+        elif r.get("expectation_met") is False:
+            failure = ET.SubElement(case, "failure", type="verdict",
+                                    message=f"expected {r['scenario'].get('expect')}, got {r['verdict']}: {r.get('diagnosis')}")
+            failure.text = _excerpt(r)
+        ET.SubElement(case, "system-out").text = r.get("diagnosis") or r.get("error") or ""
+    ET.indent(suite)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_invocation(folder: Path, reports: list[dict], parallel: int, wall: float) -> dict:
+    """summary.json and junit.xml at the top of an invocation's results folder."""
+    data = summary(reports, folder.name, parallel, wall)
+    for name, text in (("summary.json", json.dumps(data, indent=2, default=str) + "\n"),
+                       ("junit.xml", junit(reports, folder.name))):
+        try:
+            (folder / name).write_text(text)
+        except OSError as exc:
+            raise HostError("report", f"cannot write {folder / name}: {exc.strerror}") from None
+    return data
+
+
 def table(reports: list[dict]) -> str:
     rows = [("scenario", "accel", "verdict", "expected", "stage", "vmcore", "wall", "diagnosis")]
     for r in reports:
@@ -138,6 +235,10 @@ def table(reports: list[dict]) -> str:
         size = ""
         if vm.get("files"):
             size = vm["files"][0].split("size=")[-1].split()[0]
+        if "error" in r:   # the run failed on the host before it had a report
+            rows.append((r["scenario"]["name"], "-", "error", r["scenario"].get("expect") or "-", "-", "-", "-",
+                         r["error"][:90]))
+            continue
         rows.append((r["scenario"]["name"], r["accel"]["name"], r["verdict"] or "error", r.get("expected") or "-",
                      r["stage"], f"{vm.get('count', 0)} ({size} B)" if size else str(vm.get("count", "-")),
                      f"{r['timings']['wall_seconds']:.0f}s", r["diagnosis"][:90]))

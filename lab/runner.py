@@ -6,10 +6,13 @@ the run's. The domain, its overlay and the console process are gone when run() r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +20,7 @@ from typing import Iterator
 from . import accel as accel_mod
 from . import domain as domain_mod
 from . import host, image as image_mod, kdumpconf, report as report_mod
-from .console import Console, ConsoleClosed
+from .console import CANCEL, Console, ConsoleClosed
 from .deadline import Deadline
 from .errors import HostError, LabError
 from .scenario import Scenario
@@ -124,8 +127,11 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
         armed = facts["preflight"].get("kexec_crash_loaded") == "1"
         say(f"ready: kernel.panic={facts['preflight'].get('kernel.panic')}, kdump "
             f"{'armed' if armed else 'not armed'}; triggering the panic")
-        host_event("trigger", "echo c > /proc/sysrq-trigger")
-        console.trigger()
+        if scenario.trigger == "nmi":
+            host_event("trigger", "libvirt inject-nmi (the guest has kernel.unknown_nmi_panic=1)")
+            dom.inject_nmi()
+        else:
+            host_event("trigger", console.trigger(scenario.trigger_cpu()))
         fault = Fault(dom, scenario, host_event)
         reached = _follow(console, dom, scenario, top, say, host_event, fault)
         if reached == "back_at_login":
@@ -169,6 +175,8 @@ def _check_ready(scenario: Scenario, pre: dict) -> None:
     if pre.get("kernel.panic") != str(scenario.kernel_panic):
         raise LabError("console", f"guest not ready: kernel.panic is {pre.get('kernel.panic')!r}, "
                                   f"the scenario asked for {scenario.kernel_panic}")
+    if scenario.trigger == "nmi" and pre.get("kernel.unknown_nmi_panic") != "1":
+        raise LabError("console", "guest not ready: kernel.unknown_nmi_panic is not 1, so an NMI would not panic it")
 
 
 class Fault:
@@ -241,3 +249,77 @@ def _follow(console: Console, dom, scenario: Scenario, top: Deadline, say, host_
                                 f"(deadline {limit:.0f} s; last console output {silent:.0f} s ago; domain {dom.state()})")
             say(f"no progress past {current} for {waited:.0f} s")
             return current
+
+
+# -- many runs ---------------------------------------------------------------------------------------
+HOST_MIB_PER_GUEST_MIB = 2   # measured under TCG: about 2 GiB of host RAM per 1 GiB guest
+
+
+def _available_mib() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def default_parallel(scenarios: list[Scenario]) -> int:
+    """As many runs at once as there are cores, and as the free memory holds."""
+    need = max(HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios)
+    return max(1, min(os.cpu_count() or 1, _available_mib() // need, sum(s.repeat for s in scenarios)))
+
+
+class MemoryBudget:
+    """Host memory reserved per run before it starts (2x the guest's RAM), released when it ends."""
+
+    def __init__(self, mib: int):
+        self.free = mib
+        self.running = 0
+        self.cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, mib: int):
+        with self.cond:
+            # A run that alone needs more than there is still runs, alone: refusing it helps nobody.
+            self.cond.wait_for(lambda: self.free >= mib or self.running == 0)
+            self.free -= mib
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.free += mib
+                self.running -= 1
+                self.cond.notify_all()
+
+
+def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr) -> list[dict]:
+    """Every repeat of every scenario, `parallel` at a time; a run that fails on the host does not stop
+    the others. Returns one report per run (errors as {"error": ...})."""
+    for name in dict.fromkeys(s.image for s in scenarios):
+        image_mod.ensure(name, log=log)   # built once, here, before any run needs it
+    runs = [s for s in scenarios for _ in range(s.repeat)]
+    budget = MemoryBudget(_available_mib())
+
+    def one(scenario: Scenario) -> dict:
+        with budget.reserve(HOST_MIB_PER_GUEST_MIB * scenario.memory_mib):
+            try:
+                return run(scenario, results, log)
+            except LabError as exc:
+                print(f"lab: {scenario.name}: {exc}", file=log, flush=True)
+                return {"scenario": dataclasses.asdict(scenario), "error": str(exc), "verdict": None,
+                        "expectation_met": False if scenario.expect else None, "cut_short": {"by": exc.stage, "why": str(exc)}}
+    if parallel <= 1:
+        return [one(s) for s in runs]
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lab-run")
+    futures = [pool.submit(one, s) for s in runs]
+    try:
+        return [f.result() for f in futures]
+    except BaseException:
+        CANCEL.set()   # the workers stop at their next console read and clean up
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)

@@ -36,6 +36,11 @@ class Scenario:
     stall_seconds: float = 120.0     # no new stage for this long after the panic = stuck
     boot_seconds: float = 180.0      # each boot, from banner to login prompt
     extra_cmdline: str = ""
+    trigger: str = "sysrq"           # sysrq (echo c) | nmi (libvirt inject-nmi, unknown_nmi_panic=1) | cpu:N (taskset)
+    repeat: int = 1                  # runs of this scenario; more than one gives rates
+
+    def trigger_cpu(self) -> int | None:
+        return int(self.trigger[4:]) if self.trigger.startswith("cpu:") else None
 
     def cmdline(self) -> str:
         parts = ["root=LABEL=labroot", "rw", "console=ttyS0,115200"]
@@ -83,6 +88,7 @@ BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
+TRIGGER = re.compile(r"^(?:sysrq|nmi|cpu:\d{1,3})$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 DEFAULT_RUN = ("panic-reboot", "panic-hang", "kdump")   # `lab run` with no names
 
@@ -153,6 +159,12 @@ def validate(s: Scenario) -> None:
     for key in ("stall_seconds", "boot_seconds"):
         if getattr(s, key) <= 0:
             bad(f"{key} must be positive")
+    if not TRIGGER.match(s.trigger):
+        bad(f"trigger={s.trigger!r}: expected sysrq, nmi or cpu:N")
+    elif s.trigger_cpu() is not None and s.trigger_cpu() >= s.vcpus:
+        bad(f"trigger={s.trigger}: the guest has {s.vcpus} vCPU(s), numbered from 0")
+    if not 1 <= s.repeat <= 100:
+        bad(f"repeat={s.repeat} is outside 1..100")
     for key in ("kdump_cmdline_append", "extra_cmdline"):
         if re.search(r"[\"'`$\\\n;|&<>]", getattr(s, key)):
             bad(f"{key} may not carry quotes, newlines or shell metacharacters")
@@ -163,3 +175,100 @@ def resolve(name: str) -> Scenario:
         return BASE_SCENARIOS[name]
     except KeyError:
         raise InputError("scenario", f"unknown scenario {name!r} (known: {', '.join(BASE_SCENARIOS)})") from None
+
+
+# -- scenario files ---------------------------------------------------------------------------------
+# A file holds [[scenario]] tables (each may start from a `base` scenario) and an optional [matrix] of
+# axes, key = [values, ...], that every scenario of the file is expanded over.
+
+FILE_KEYS = {f.name for f in dataclasses.fields(Scenario)} | {"base"}
+
+
+def load_file(path: str) -> list[Scenario]:
+    """The runs a TOML scenario file asks for, validated; errors name the file, the key and the reason."""
+    import itertools
+    import tomllib
+    from pathlib import Path
+
+    def bad(where: str, msg: str) -> InputError:
+        return InputError("scenario", f"{path}: {where}{msg}")
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError("scenario", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise bad("", f"malformed TOML: {exc}") from None
+    extra = sorted(set(data) - {"scenario", "matrix"})
+    if extra:
+        raise bad("", f"unknown top-level key {extra[0]!r} (expected [[scenario]] and [matrix])")
+    tables = data.get("scenario", [])
+    tables = [tables] if isinstance(tables, dict) else tables
+    if not tables or not all(isinstance(t, dict) for t in tables):
+        raise bad("", "no [[scenario]] table")
+    matrix = data.get("matrix", {})
+    if not isinstance(matrix, dict):
+        raise bad("[matrix]: ", "expected a table of key = [values]")
+    for key, values in matrix.items():
+        if key not in FILE_KEYS - {"base", "name", "description"}:
+            raise bad("[matrix]: ", f"unknown key {key!r}")
+        if not isinstance(values, list) or not values:
+            raise bad("[matrix]: ", f"{key} must be a non-empty list")
+    runs: list[Scenario] = []
+    for n, table in enumerate(tables, start=1):
+        where = f"[[scenario]] #{n}: "
+        unknown = sorted(set(table) - FILE_KEYS)
+        if unknown:
+            raise bad(where, f"unknown key {unknown[0]!r}")
+        try:
+            start = resolve(table["base"]) if "base" in table else None
+        except InputError as exc:
+            raise bad(where, exc.message) from None
+        if start is None and "name" not in table:
+            raise bad(where, "needs a name (or a base scenario to start from)")
+        values = {k: v for k, v in table.items() if k != "base"}
+        values.setdefault("description", start.description if start else f"from {path}")
+        base = start or Scenario(name=values["name"], description=values["description"])
+        axes = list(matrix.items())
+        for combo in itertools.product(*[v for _, v in axes]) if axes else [()]:
+            chosen = dict(values)
+            suffix = []
+            for (key, _), value in zip(axes, combo):
+                chosen[key] = value
+                suffix.append(f"{key.replace('_', '-')}-{_slug(value)}")
+            chosen["name"] = "-".join([values.get("name", base.name)] + suffix)[:64].rstrip("-")
+            runs.append(_typed(base, chosen, lambda msg: bad(where, msg)))
+    return runs
+
+
+def _slug(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return re.sub(r"[^a-z0-9]+", "-", str(value).lower()).strip("-") or "x"
+
+
+def _typed(base: Scenario, values: dict, bad) -> Scenario:
+    fields = {f.name: f for f in dataclasses.fields(Scenario)}
+    changes = {}
+    for key, value in values.items():
+        current = getattr(base, key)
+        if key == "expect":
+            ok = value is None or isinstance(value, str)
+        elif isinstance(current, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(current, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(current, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            want = fields[key].type if isinstance(fields[key].type, str) else type(current).__name__
+            raise bad(f"{key} = {value!r}: expected {want}")
+        changes[key] = value
+    scenario = dataclasses.replace(base, **changes)
+    try:
+        validate(scenario)
+    except InputError as exc:
+        raise bad(exc.message) from None
+    return scenario

@@ -26,6 +26,7 @@ def test_two_runs_at_once_build_the_image_once_and_do_not_collide(tmp_path):
     assert reports[0]["run_id"] != reports[1]["run_id"]
     assert all(r["verdict"] == "reboot" for r in reports), [r["diagnosis"] for r in reports]
     folders = {Path(r["artifacts"]["dir"]) for r in reports}
-    assert len(folders) == 2 and all(f.parent == tmp_path / "results" for f in folders)
+    assert len(folders) == 2 and all(f.parent.parent == tmp_path / "results" for f in folders)
+    assert len({f.parent for f in folders}) == 2   # each invocation has its own results folder
     assert reports[0]["image"]["key"] == reports[1]["image"]["key"]
     assert list((tmp_path / "cache" / "runs").iterdir()) == []   # both runs' scratch is gone
