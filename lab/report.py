@@ -216,11 +216,71 @@ def junit(reports: list[dict], invocation: str) -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
+TIMELINE = [("booted", "boot"), ("armed", "armed"), ("panicked", "panic"), ("capture_kernel_booted", "capture kernel"),
+            ("dump_saving", "dump"), ("dump_saved", "saved"), ("reset", "reset"), ("back_at_login", "login")]
+COLOURS = {"reboot": "#2b7bb9", "dump": "#2e8b57", "hang": "#c0392b", "unknown": "#7f8c8d", "error": "#8e44ad"}
+
+
+def _timeline_svg(r: dict, width: int = 720) -> str:
+    """Stages on a time axis (seconds since the domain was resumed), and where a hang stopped."""
+    from html import escape
+    points = [(label, s["t"]) for key, label in TIMELINE for s in r.get("stages", []) if s["name"] == key and s.get("t") is not None]
+    stall = [e for e in r.get("host_events", []) if e["kind"] == "stall"]
+    if stall:
+        points.append(("hang point", stall[0]["t"]))
+    end = max([t for _, t in points] + [(r.get("timings") or {}).get("wall_seconds") or 1.0, 1.0])
+    x = lambda t: 20 + (width - 40) * t / end   # noqa: E731
+    colour = COLOURS[r["verdict"] or "error"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="74" role="img" '
+             f'aria-label="timeline of {escape(r.get("run_id") or "")}">',
+             f'<line x1="20" y1="40" x2="{width - 20}" y2="40" stroke="#bbb"/>']
+    for tick in range(0, int(end) + 1, max(10, int(end / 8) // 10 * 10 or 10)):
+        parts.append(f'<text x="{x(tick):.1f}" y="70" font-size="10" text-anchor="middle" fill="#666">{tick}s</text>')
+    for n, (label, t) in enumerate(sorted(points, key=lambda p: p[1])):
+        fill = "#c0392b" if label == "hang point" else colour
+        parts.append(f'<circle cx="{x(t):.1f}" cy="40" r="5" fill="{fill}"><title>{escape(label)} at {t:.1f} s</title></circle>')
+        parts.append(f'<text x="{x(t):.1f}" y="{24 if n % 2 else 14}" font-size="11" text-anchor="middle">{escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html_report(reports: list[dict], data: dict) -> str:
+    """One self-contained page (no scripts, no external files): the verdict matrix, then each run's timeline."""
+    from html import escape
+    verdicts = ["reboot", "dump", "hang", "unknown", "error"]
+    rows = []
+    for name, row in data["scenarios"].items():
+        cells = "".join(f'<td class="n {v if row["counts"][v] else ""}">{row["counts"][v] or ""}</td>' for v in verdicts)
+        held = "" if not row["expect"] else ("held" if row["expectation_met"] == row["runs"] else
+                                             f'{row["expectation_met"]}/{row["runs"]} held')
+        rows.append(f'<tr><th>{escape(name)}</th><td>{escape(row["expect"] or "-")}</td>{cells}'
+                    f'<td>{escape(held)}</td></tr>')
+    runs = []
+    for r in reports:
+        verdict = r["verdict"] or "error"
+        runs.append(f'<section class="run"><h3><span class="badge {verdict}">{verdict}</span> '
+                    f'{escape(r.get("run_id") or r["scenario"]["name"])}</h3>'
+                    f'<p>stage reached: <b>{escape(r.get("stage") or "-")}</b>; '
+                    f'{escape(r.get("diagnosis") or r.get("error") or "")}</p>{_timeline_svg(r)}</section>')
+    style = ("body{font:14px sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}td.n{text-align:center;min-width:3em}"
+             + "".join(f".{v}{{background:{c}22}}.badge.{v}{{background:{c};color:#fff}}" for v, c in COLOURS.items())
+             + ".badge{padding:2px 8px;border-radius:4px;font-size:12px}.run{margin:1.5em 0}")
+    head = "".join(f"<th>{v}</th>" for v in verdicts)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>panic-lab {escape(data["invocation"])}</title>'
+            f'<style>{style}</style></head><body><h1>panic-lab results: {escape(data["invocation"])}</h1>'
+            f'<p>{data["runs"]} run(s), {data["parallel"]} at a time, {data["wall_seconds"]} s; every expectation '
+            f'{"held" if data["all_expectations_held"] else "did <b>not</b> hold"}.</p>'
+            f'<h2>Verdicts</h2><table id="matrix"><tr><th>scenario</th><th>expected</th>{head}<th>expectation</th></tr>'
+            f'{"".join(rows)}</table><h2>Runs</h2>{"".join(runs)}</body></html>\n')
+
+
 def write_invocation(folder: Path, reports: list[dict], parallel: int, wall: float) -> dict:
-    """summary.json and junit.xml at the top of an invocation's results folder."""
+    """summary.json, junit.xml and report.html at the top of an invocation's results folder."""
     data = summary(reports, folder.name, parallel, wall)
     for name, text in (("summary.json", json.dumps(data, indent=2, default=str) + "\n"),
-                       ("junit.xml", junit(reports, folder.name))):
+                       ("junit.xml", junit(reports, folder.name)),
+                       ("report.html", html_report(reports, data))):
         try:
             (folder / name).write_text(text)
         except OSError as exc:

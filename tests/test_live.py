@@ -1,13 +1,11 @@
 """End to end on real guests: libvirt + QEMU boot the Debian image, the kernel really panics.
 
-Each scenario runs once per session; the assertions read its report, transcript and vmcore check.
+Through the lab's own pytest plugin (lab/pytest_plugin.py): each scenario runs once per session, and
+every test below reads its report, transcript and vmcore check.
 """
-import time
-
 import pytest
 
-from lab import host, paths, runner
-from lab import scenario as sc
+from lab import host, paths
 
 pytestmark = pytest.mark.live
 
@@ -30,32 +28,23 @@ EXPECTED_STAGES = {
 GEN1 = [name for name in EXPECTED_STAGES if name.startswith("hyperv-")]
 
 
-@pytest.fixture(scope="session")
-def results():
-    where = paths.results_dir() / f"pytest-{time.strftime('%Y%m%d-%H%M%S')}"
-    where.mkdir(parents=True)
-    return where
-
-
-@pytest.fixture(scope="session")
-def reports(results):
-    return {}
+def scenarios(*names):
+    """Parametrize over base scenarios, each marked for the plugin's lab_run fixture."""
+    return pytest.mark.parametrize("scenario", [pytest.param(n, marks=pytest.mark.lab(scenario=n), id=n) for n in names])
 
 
 @pytest.fixture
-def report(request, results, reports):
-    name = request.param
-    if name not in reports:
-        reports[name] = runner.run(sc.resolve(name), results)
-    return reports[name]
+def report(lab_run, scenario):
+    assert lab_run.report["scenario"]["name"] == scenario
+    return lab_run.report
 
 
 def stage_names(report):
     return [s["name"] for s in report["stages"]]
 
 
-@pytest.mark.parametrize("report", list(EXPECTED_STAGES), indirect=True)
-def test_verdict_and_stages(report):
+@scenarios(*EXPECTED_STAGES)
+def test_verdict_and_stages(report, scenario):
     name = report["scenario"]["name"]
     assert report["cut_short"] is None, report["cut_short"]
     assert report["verdict"] == report["scenario"]["expect"], report["diagnosis"]
@@ -64,16 +53,16 @@ def test_verdict_and_stages(report):
     assert report["preflight"]["kernel.panic"] == str(report["scenario"]["kernel_panic"])
 
 
-@pytest.mark.parametrize("report", list(EXPECTED_STAGES), indirect=True)
-def test_kdump_armed_only_when_asked(report):
+@scenarios(*EXPECTED_STAGES)
+def test_kdump_armed_only_when_asked(report, scenario):
     wanted = report["scenario"]["kdump"] and report["scenario"]["crashkernel"] != "0"
     assert report["kdump"]["armed"] is wanted
     if report["scenario"]["crashkernel"] != "0":
         assert "crashkernel" in report["kdump"]["crashkernel"]
 
 
-@pytest.mark.parametrize("report", ["kdump", "hyperv-kdump-kb2858695", "hyperv-kdump-hvcrash"], indirect=True)
-def test_kdump_leaves_a_real_vmcore_on_the_guest_disk(report):
+@scenarios("kdump", "hyperv-kdump-kb2858695", "hyperv-kdump-hvcrash")
+def test_kdump_leaves_a_real_vmcore_on_the_guest_disk(report, scenario):
     vmcore = report["vmcore"]
     assert vmcore["count"] == 1
     path, size, magic = (part.split("=", 1)[-1] for part in vmcore["files"][0].split())
@@ -82,21 +71,21 @@ def test_kdump_leaves_a_real_vmcore_on_the_guest_disk(report):
     assert magic.startswith("makedumpfile")  # kdump-tools writes the flattened format
 
 
-@pytest.mark.parametrize("report", ["panic-reboot"], indirect=True)
-def test_reboot_leaves_no_vmcore(report):
+@scenarios("panic-reboot")
+def test_reboot_leaves_no_vmcore(report, scenario):
     assert report["vmcore"]["count"] == 0
 
 
-@pytest.mark.parametrize("report", ["panic-hang"], indirect=True)
-def test_hang_says_where_and_for_how_long(report):
+@scenarios("panic-hang")
+def test_hang_says_where_and_for_how_long(report, scenario):
     assert report["stage"] == "panicked"
     assert "kernel.panic=0" in report["diagnosis"]
     assert f"{report['scenario']['stall_seconds']:.0f} s" in report["diagnosis"]
     assert not [e for e in report["host_events"] if e["kind"] == "libvirt_reset"]
 
 
-@pytest.mark.parametrize("report", list(EXPECTED_STAGES), indirect=True)
-def test_report_says_what_the_guest_saw_of_hyperv(report):
+@scenarios(*EXPECTED_STAGES)
+def test_report_says_what_the_guest_saw_of_hyperv(report, scenario):
     hv = report["hyperv"]
     assert hv["requested"]
     if report["accel"]["name"] == "tcg":
@@ -105,8 +94,8 @@ def test_report_says_what_the_guest_saw_of_hyperv(report):
         assert hv["in_effect"] is True, hv
 
 
-@pytest.mark.parametrize("report", list(EXPECTED_STAGES), indirect=True)
-def test_nothing_is_left_behind(report):
+@scenarios(*EXPECTED_STAGES)
+def test_nothing_is_left_behind(report, scenario):
     conn = host.connect()
     names = [d.name() for d in conn.listAllDomains()]
     assert f"{paths.NAME_PREFIX}{report['run_id']}" not in names
@@ -115,24 +104,24 @@ def test_nothing_is_left_behind(report):
         assert (paths.Path(report["artifacts"]["dir"]) / artifact).exists(), artifact
 
 
-@pytest.mark.parametrize("report", GEN1, indirect=True)
-def test_gen1_first_kernel_ignores_the_ide_disk(report):
+@scenarios(*GEN1)
+def test_gen1_first_kernel_ignores_the_ide_disk(report, scenario):
     """The guest's own ata_piix quirk, from the SMBIOS identity: the first kernel uses the paravirtual path."""
     quirk = report["profile"]["ata_piix_quirk"]
     assert quirk and "Hyper-V Virtual Machine detected, ATA device ignore set" in quirk[0]["text"]
     assert "root=LABEL=labroot" in report["preflight"]["cmdline"]
 
 
-@pytest.mark.parametrize("report", ["hyperv-kdump-default"], indirect=True)
-def test_stale_vmbus_hangs_the_capture_kernel_and_points_at_the_fix(report):
+@scenarios("hyperv-kdump-default")
+def test_stale_vmbus_hangs_the_capture_kernel_and_points_at_the_fix(report, scenario):
     assert report["stage"] == "capture_kernel_booted"
     assert [e["kind"] for e in report["host_events"] if e["kind"].startswith("fault")] == ["fault_applied"]
     assert "paravirtual disk path" in report["diagnosis"] and "KB2858695" in report["diagnosis"]
     assert report["vmcore"] is None
 
 
-@pytest.mark.parametrize("report", ["hyperv-kdump-kb2858695"], indirect=True)
-def test_kb_configuration_dumps_through_ide_and_the_disk_stays_sound(report):
+@scenarios("hyperv-kdump-kb2858695")
+def test_kb_configuration_dumps_through_ide_and_the_disk_stays_sound(report, scenario):
     kinds = [e["kind"] for e in report["host_events"]]
     assert kinds.index("fault_applied") < kinds.index("fault_lifted")
     translated = {row["kdump.conf"]: row["kdump-tools"] for row in report["profile"]["kdump_config_translated"]}
@@ -141,8 +130,8 @@ def test_kb_configuration_dumps_through_ide_and_the_disk_stays_sound(report):
     assert report["disk_check"]["clean"] is True, report["disk_check"]
 
 
-@pytest.mark.parametrize("report", ["hyperv-kdump-timeout"], indirect=True)
-def test_capture_kernel_gives_up_on_the_stale_path_and_the_guest_reboots(report):
+@scenarios("hyperv-kdump-timeout")
+def test_capture_kernel_gives_up_on_the_stale_path_and_the_guest_reboots(report, scenario):
     assert report["diagnosis"].startswith("dump failed: panic-lab: disk_timeout: dump target not mounted after 30 s")
     assert "paravirtual disk path" in report["diagnosis"] and "KB2858695" in report["diagnosis"]
     kinds = [e["kind"] for e in report["host_events"]]
@@ -151,8 +140,8 @@ def test_capture_kernel_gives_up_on_the_stale_path_and_the_guest_reboots(report)
     assert report["disk_check"]["clean"] is True, report["disk_check"]
 
 
-@pytest.mark.parametrize("report", ["hyperv-kdump-hvcrash"], indirect=True)
-def test_hv_crash_device_and_what_the_host_saw(report):
+@scenarios("hyperv-kdump-hvcrash")
+def test_hv_crash_device_and_what_the_host_saw(report, scenario):
     hv = report["hv_crash"]
     assert hv["enabled"] is True
     # Under TCG the guest does not see Hyper-V, so it never writes the crash MSRs and kexec goes ahead.
@@ -161,8 +150,17 @@ def test_hv_crash_device_and_what_the_host_saw(report):
     assert "<panic model='hyperv'/>" in (paths.Path(report["artifacts"]["dir"]) / "domain.xml").read_text()
 
 
-@pytest.mark.parametrize("report", ["hyperv-kdump-not-armed"], indirect=True)
-def test_not_armed_is_reported_with_its_cause(report):
+@scenarios("hyperv-kdump-not-armed")
+def test_not_armed_is_reported_with_its_cause(report, scenario):
     assert report["kdump"]["armed"] is False
     assert "no crashkernel reservation" in report["kdump"]["why"]
     assert "kernel.panic=0" in report["kdump"]["then"]
+
+
+@pytest.mark.lab(scenario="hyperv-kdump-kb2858695")
+def test_the_plugin_reads_like_the_issue_asks(lab_run):
+    assert lab_run.verdict == "dump"
+    assert lab_run.transcript.contains("saved vmcore")
+    assert lab_run.stage("capture_kernel").duration < 120
+    lab_run.transcript.assert_in_order(r"Kernel panic - not syncing", r"elfcorehdr=", r"saved vmcore", r"login:")
+    assert any("makedumpfile" in line or "vmcore" in line for line in lab_run.transcript.stage_slice("dump_saving"))

@@ -125,3 +125,12 @@ def test_summary_gives_rates_and_junit_one_testcase_per_run(tmp_path):
 def test_a_plain_scenario_keeps_the_defaults_it_does_not_set(tmp_path):
     (plain,) = sc.load_file(write(tmp_path, '[[scenario]]\nname = "p"\nkdump = true\n'))
     assert (plain.profile, plain.fault, plain.kernel_panic, plain.repeat) == ("default", "", 0, 1)
+
+
+def test_the_html_report_escapes_what_it_shows(tmp_path):
+    run = _recorded("panic-hang-kernel-panic-0.log", "panic-hang", "hang")
+    run["diagnosis"] = "<script>alert(1)</script>"
+    data = report.summary([run], "lab-x", 1, 10.0)
+    page = report.html_report([run], data)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert '<table id="matrix">' in page and "panic-hang" in page
