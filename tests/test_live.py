@@ -6,6 +6,7 @@ every test below reads its report, transcript and vmcore check.
 import pytest
 
 from lab import host, paths
+from lab import scenario as sc
 
 pytestmark = pytest.mark.live
 
@@ -28,9 +29,19 @@ EXPECTED_STAGES = {
 GEN1 = [name for name in EXPECTED_STAGES if name.startswith("hyperv-")]
 
 
+# A guest that hangs never moves again: a 60 s stall deadline says so as surely as the default 120 s.
+HANG_STALL_SECONDS = 60
+
+
+def _mark(name: str):
+    if sc.resolve(name).expect == "hang":
+        return pytest.mark.lab(scenario=name, stall_seconds=HANG_STALL_SECONDS)
+    return pytest.mark.lab(scenario=name)
+
+
 def scenarios(*names):
     """Parametrize over base scenarios, each marked for the plugin's lab_run fixture."""
-    return pytest.mark.parametrize("scenario", [pytest.param(n, marks=pytest.mark.lab(scenario=n), id=n) for n in names])
+    return pytest.mark.parametrize("scenario", [pytest.param(n, marks=_mark(n), id=n) for n in names])
 
 
 @pytest.fixture
