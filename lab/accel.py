@@ -59,6 +59,18 @@ def _cache_file(conn: libvirt.virConnect) -> str:
     return str(paths.cache_dir() / f"accel-{ident}.json")
 
 
+def cached_choice(conn: libvirt.virConnect) -> str | None:
+    """What the last probe chose on this host (kvm or tcg), without probing."""
+    forced = os.environ.get("LAB_ACCEL")
+    if forced:
+        return forced
+    try:
+        with open(_cache_file(conn)) as f:
+            return json.load(f).get("choice")
+    except (OSError, ValueError):
+        return None
+
+
 def detect(conn: libvirt.virConnect, kernel: str, render) -> Accel:
     """`render(accel_dict, hyperv) -> xml` builds a disk-less probe domain from the real template."""
     forced = os.environ.get("LAB_ACCEL")

@@ -49,8 +49,9 @@ print(json.dumps({"seconds": seconds, "events": len(events), "verdict": v.verdic
 """
 
 
-def classifier_throughput(target_bytes: int = 100 * 2**20) -> dict:
-    """Offline: the corpus concatenated into a ~100 MB file, classified from disk in CHUNK pieces."""
+def classifier_throughput(target_bytes: int = 100 * 2**20, repeats: int = 3) -> dict:
+    """Offline: the corpus concatenated into a ~100 MB file, classified from disk in CHUNK pieces; the
+    median of `repeats` passes, each in a fresh process."""
     one = _corpus_bytes()
     copies = max(1, target_bytes // len(one))
     with tempfile.TemporaryDirectory(prefix="panic-lab-bench-") as tmp:
@@ -59,10 +60,10 @@ def classifier_throughput(target_bytes: int = 100 * 2**20) -> dict:
             for _ in range(copies):
                 out.write(one)
         size = big.stat().st_size
-        done = subprocess.run([sys.executable, "-c", _STREAM_CHILD, str(big)], capture_output=True, text=True,
-                              cwd=paths.PROJECT, check=True)
-    child = json.loads(done.stdout)
-    return {"bytes": size, "copies_of_corpus": copies, "seconds": round(child["seconds"], 3),
+        children = [json.loads(subprocess.run([sys.executable, "-c", _STREAM_CHILD, str(big)], capture_output=True,
+                                              text=True, cwd=paths.PROJECT, check=True).stdout) for _ in range(repeats)]
+    child = sorted(children, key=lambda c: c["seconds"])[len(children) // 2]
+    return {"bytes": size, "copies_of_corpus": copies, "repeats": repeats, "seconds": round(child["seconds"], 3),
             "mb_per_s": round(size / 2**20 / child["seconds"], 2), "events": child["events"],
             "chunk_bytes": transcript.CHUNK,
             "peak_rss_mib": round(child["rss_peak_kib"] / 1024, 1),
@@ -87,40 +88,149 @@ def streaming_latency(repeats: int = 20) -> dict:
             "max_us": round(latencies[-1] * 1e6, 1)}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lab.bench")
-    parser.add_argument("--out", default="bench.json")
-    parser.add_argument("--runs", type=int, default=1, help="runs of each scenario (median reported)")
-    parser.add_argument("--classifier-only", action="store_true", help="no guests: the classifier's figures only")
-    parser.add_argument("scenarios", nargs="*", default=list(sc.DEFAULT_RUN))
-    args = parser.parse_args(argv)
-    results = paths.results_dir() / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
-    out: dict = {"machine": {"node": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count()},
-                 "scenarios": {}}
-    for name in ([] if args.classifier_only else args.scenarios):
-        reports = [runner.run(sc.resolve(name), results) for _ in range(args.runs)]
-        out["accel"] = reports[0]["accel"]["name"]
-        out["scenarios"][name] = {
-            "verdicts": [r["verdict"] for r in reports],
-            "stages": [_stage_times(r) for r in reports],
-            "wall_seconds_median": statistics.median(r["timings"]["wall_seconds"] for r in reports),
-            "lab_overhead_seconds_median": statistics.median(r["timings"]["lab_seconds"] for r in reports),
-            "teardown_seconds_median": statistics.median(r["timings"]["teardown_seconds"] for r in reports),
-            "lab_overhead_parts": [r["timings"]["lab"] for r in reports],
+SEED_MATRIX = ("panic-reboot", "panic-hang", "hyperv-kdump-default", "hyperv-kdump-kb2858695")
+PARTS = ("scenarios", "snapshot", "matrix", "parallel", "classifier")
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def _stage_medians(reports: list[dict]) -> dict:
+    names = {n for r in reports for n in _stage_times(r)}
+    return {n: _median([_stage_times(r).get(n, {}).get("from_panic") for r in reports]) for n in sorted(names)}
+
+
+def bench_scenarios(names, runs: int, results: Path) -> dict:
+    out = {}
+    for name in names:
+        reports = [runner.run(sc.resolve(name), results) for _ in range(runs)]
+        out[name] = {
+            "runs": runs, "verdicts": [r["verdict"] for r in reports],
+            "stage_seconds_from_panic_median": _stage_medians(reports),
+            "wall_seconds_median": _median([r["timings"]["wall_seconds"] for r in reports]),
+            "lab_overhead_seconds_median": _median([r["timings"]["lab_seconds"] for r in reports]),
+            "teardown_seconds_median": _median([r["timings"]["teardown_seconds"] for r in reports]),
+            "accel": reports[0]["accel"]["name"],
         }
-    out["classifier"] = classifier_throughput()
-    out["streaming"] = streaming_latency()
+    return out
+
+
+def _to_login(report: dict) -> float | None:
+    """Seconds from resume (or restore) to the login prompt after the panic."""
+    return next((s["t"] for s in report["stages"] if s["name"] == "back_at_login"), None)
+
+
+def bench_snapshot(runs: int, results: Path, name: str = "kdump") -> dict:
+    """A cold run against a repeat restored from a snapshot (the snapshot made first, not timed)."""
+    runner.run(sc.resolve(name), results, snapshot=True)   # makes the snapshot if there is none
+    cold = [runner.run(sc.resolve(name), results) for _ in range(runs)]
+    warm = [runner.run(sc.resolve(name), results, snapshot=True) for _ in range(runs)]
+    return {"scenario": name, "runs": runs,
+            "cold_resume_to_next_login_median": _median([_to_login(r) for r in cold]),
+            "snapshot_restore_to_next_login_median": _median([_to_login(r) for r in warm]),
+            "cold_wall_median": _median([r["timings"]["wall_seconds"] for r in cold]),
+            "snapshot_wall_median": _median([r["timings"]["wall_seconds"] for r in warm]),
+            "verdicts_cold": [r["verdict"] for r in cold], "verdicts_snapshot": [r["verdict"] for r in warm],
+            "clock_behind_seconds": [r["snapshot"]["clock"]["behind_seconds"] for r in warm]}
+
+
+def bench_matrix(runs: int, results: Path, snapshot: bool) -> dict:
+    """The seed matrix, as `lab run` runs it (default parallelism), with a warm cache."""
+    scenarios = [sc.resolve(n) for n in SEED_MATRIX]
+    parallel = runner.default_parallel(scenarios)
+    if snapshot:   # warm: every snapshot made before the clock starts
+        for s in scenarios:
+            runner.run(s, results, snapshot=True)
+    walls = []
+    for _ in range(runs):
+        started = time.monotonic()
+        reports = runner.run_many(scenarios, results, parallel, snapshot=snapshot)
+        walls.append(time.monotonic() - started)
+    return {"scenarios": list(SEED_MATRIX), "parallel": parallel, "snapshot": snapshot, "runs": runs,
+            "wall_seconds_median": _median(walls), "verdicts_last": [r["verdict"] for r in reports]}
+
+
+def bench_parallel(runs: int, results: Path, name: str = "panic-reboot") -> dict:
+    """1, 2 and 3 runs at once on this machine: the wall time of the batch and of each run."""
+    out = {}
+    for n in (1, 2, 3):
+        walls, each = [], []
+        for _ in range(runs):
+            started = time.monotonic()
+            reports = runner.run_many([sc.resolve(name)] * n, results, n)
+            walls.append(time.monotonic() - started)
+            each += [r["timings"]["wall_seconds"] for r in reports]
+        out[str(n)] = {"batch_wall_median": _median(walls), "run_wall_median": _median(each),
+                       "runs_per_minute": round(60 * n / _median(walls), 2)}
+    return out
+
+
+def _machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    return {"node": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(), "cpu": model,
+            "mem_available_mib": runner._available_mib()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lab.bench", description="Benchmarks; every figure a median of --runs.")
+    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--runs", type=int, default=3, help="runs behind each median (default 3)")
+    parser.add_argument("--only", action="append", choices=PARTS, help="run only these parts (repeatable)")
+    parser.add_argument("--classifier-only", action="store_true", help="same as --only classifier")
+    parser.add_argument("scenarios", nargs="*", default=list(SEED_MATRIX))
+    args = parser.parse_args(argv)
+    parts = ["classifier"] if args.classifier_only else (args.only or list(PARTS))
+    results = paths.results_dir() / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    results.mkdir(parents=True, exist_ok=True)
+    out: dict = {"machine": _machine(), "runs_per_median": args.runs, "parts": parts}
+    if "scenarios" in parts:
+        out["scenarios"] = bench_scenarios(args.scenarios, args.runs, results)
+    if "snapshot" in parts:
+        out["snapshot"] = bench_snapshot(args.runs, results)
+    if "matrix" in parts:
+        out["matrix"] = bench_matrix(args.runs, results, snapshot=True)
+    if "parallel" in parts:
+        out["parallel"] = bench_parallel(args.runs, results)
+    if "classifier" in parts:
+        out["classifier"] = classifier_throughput(repeats=args.runs)
+        out["streaming"] = streaming_latency()
+    if any(p != "classifier" for p in parts):
+        from . import accel as accel_mod, host
+        out["accel"] = accel_mod.cached_choice(host.connect())
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    for name, row in out["scenarios"].items():
-        print(f"{name:<14} wall {row['wall_seconds_median']:6.1f} s   lab overhead {row['lab_overhead_seconds_median']:.2f} s"
-              f"   teardown {row['teardown_seconds_median']:.2f} s")
-    c, st = out["classifier"], out["streaming"]
-    print(f"classifier     {c['mb_per_s']} MB/s over {c['bytes'] / 2**20:.0f} MiB read from disk, peak RSS "
-          f"{c['peak_rss_mib']} MiB (+{c['rss_growth_while_reading_mib']} MiB while reading, {c['events']} events)")
-    print(f"streaming      line to stage event: median {st['median_us']} us, p99 {st['p99_us']} us, "
-          f"max {st['max_us']} us ({st['events']} events)")
+    print(table(out))
     print(f"written to {args.out}")
     return 0
+
+
+def table(out: dict) -> str:
+    lines = [f"machine: {out['machine']['cpu']} x{out['machine']['cpus']}, accel {out.get('accel', '-')}; "
+             f"medians of {out['runs_per_median']}"]
+    for name, row in out.get("scenarios", {}).items():
+        stages = ", ".join(f"{k} {v}" for k, v in row["stage_seconds_from_panic_median"].items() if v is not None)
+        lines.append(f"{name:<24} wall {row['wall_seconds_median']:6.1f} s  lab overhead "
+                     f"{row['lab_overhead_seconds_median']:.2f} s  teardown {row['teardown_seconds_median']:.2f} s  "
+                     f"from the panic: {stages}")
+    if "snapshot" in out:
+        s = out["snapshot"]
+        lines.append(f"snapshot ({s['scenario']})      resume->next login: cold {s['cold_resume_to_next_login_median']} s, "
+                     f"from snapshot {s['snapshot_restore_to_next_login_median']} s; wall {s['cold_wall_median']} s vs "
+                     f"{s['snapshot_wall_median']} s")
+    if "matrix" in out:
+        m = out["matrix"]
+        lines.append(f"seed matrix              {m['wall_seconds_median']} s wall ({m['parallel']} at a time, "
+                     f"snapshots {'on' if m['snapshot'] else 'off'})")
+    for n, row in out.get("parallel", {}).items():
+        lines.append(f"{n} at once                batch {row['batch_wall_median']} s, each run {row['run_wall_median']} s, "
+                     f"{row['runs_per_minute']} runs/min")
+    if "classifier" in out:
+        c, st = out["classifier"], out["streaming"]
+        lines.append(f"classifier               {c['mb_per_s']} MB/s over {c['bytes'] / 2**20:.0f} MiB read from disk, "
+                     f"peak RSS {c['peak_rss_mib']} MiB ({c['events']} events)")
+        lines.append(f"streaming                line to stage event: median {st['median_us']} us, p99 {st['p99_us']} us")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean(images: bool = False, force: bool = False) -> list[str]:
+def clean(images: bool = False, force: bool = False, snapshots: bool = False) -> list[str]:
     """Remove lab domains and scratch whose lab process is gone (all of them with force)."""
     done = []
     conn = host.connect()
@@ -73,6 +73,15 @@ def clean(images: bool = False, force: bool = False) -> list[str]:
             image.stop_builder(pgid)
         image.remove_build(leftover)
         done.append(f"removed interrupted image build {leftover}")
+    snaps = paths.cache_dir() / "snapshots"
+    for unfinished in sorted(snaps.glob("*.tmp-*")) if snaps.exists() else []:
+        if _alive(int(unfinished.name.rsplit("-", 1)[-1])) and not force:
+            continue
+        shutil.rmtree(unfinished, ignore_errors=True)
+        done.append(f"removed unfinished snapshot {unfinished}")
+    if snapshots and snaps.exists():
+        shutil.rmtree(snaps, ignore_errors=True)
+        done.append(f"removed snapshots {snaps}")
     for part in catalog.partial_downloads():
         part.unlink(missing_ok=True)
         done.append(f"removed partial download {part} (a pull would have resumed it)")

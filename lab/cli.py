@@ -38,7 +38,7 @@ def _cmd_run(args) -> int:
     runs = sum(s.repeat for s in scenarios)
     print(f"lab: {runs} run(s), {parallel} at a time; results in {folder}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    reports = runner.run_many(scenarios, folder, parallel)
+    reports = runner.run_many(scenarios, folder, parallel, snapshot=args.snapshot)
     data = report.write_invocation(folder, reports, parallel, time.monotonic() - started)
     if args.json:
         print(json.dumps(reports, indent=2, default=str))
@@ -106,7 +106,7 @@ def _cmd_images(args) -> int:
 
 def _cmd_clean(args) -> int:
     from . import clean
-    for line in clean.clean(images=args.images, force=args.force):
+    for line in clean.clean(images=args.images, force=args.force, snapshots=args.snapshots):
         print(line)
     return 0
 
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", metavar="DIR", help="where results folders go (default: ./results)")
     p.add_argument("--parallel", type=int, metavar="N", help="runs at once (default: from cores and free memory)")
     p.add_argument("--repeat", type=int, metavar="N", help="run each scenario N times")
+    p.add_argument("--snapshot", action="store_true",
+                   help="restore each run from a ready-to-panic snapshot of its configuration instead of booting")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_run)
     p = sub.add_parser("classify", help="classify saved serial logs (or stdin) into a verdict")
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_images)
     p = sub.add_parser("clean", help="remove what the lab made: its domains, overlays and probe leftovers")
     p.add_argument("--images", action="store_true", help="also remove cached images")
+    p.add_argument("--snapshots", action="store_true", help="also remove ready-to-panic snapshots")
     p.add_argument("--force", action="store_true", help="also remove domains of lab runs still going")
     p.set_defaults(fn=_cmd_clean)
     args = parser.parse_args(argv)

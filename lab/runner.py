@@ -19,7 +19,8 @@ from typing import Iterator
 
 from . import accel as accel_mod
 from . import domain as domain_mod
-from . import host, image as image_mod, kdumpconf, report as report_mod
+from . import host, image as image_mod, kdumpconf, paths, report as report_mod
+from . import snapshot as snapshot_mod
 from .console import CANCEL, Console, ConsoleClosed
 from .deadline import Deadline
 from .errors import HostError, LabError
@@ -67,8 +68,11 @@ def _say(log, run_id: str, t0: float, message: str) -> None:
     print(f"[{time.monotonic() - t0:6.1f}s] {run_id}: {message}", file=log, flush=True)
 
 
-def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
-    """Run one scenario on a real guest; return its report (also written to report.json)."""
+def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = False) -> dict:
+    """Run one scenario on a real guest; return its report (also written to report.json).
+
+    snapshot=True restores the guest, ready to panic, from a snapshot of its configuration (made by a
+    first cold boot if there is none) instead of booting it."""
     t0 = time.monotonic()
     timings = Timings()
     run_id = new_run_id(scenario)
@@ -85,8 +89,15 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
     with timings.measure("accel"):
         accel = accel_mod.detect(conn, str(image.kernel),
                                  domain_mod.probe_renderer(str(image.kernel), domain_mod.run_as_root(conn)))
+    snap = None
+    if snapshot:
+        snap = snapshot_mod.find(scenario, image.key, accel.name)
+        _ensure_snapshot(conn, scenario, image, accel, snap, say)   # a first boot is not lab overhead either
     with timings.measure("prepare"):
-        dom = domain_mod.prepare(conn, scenario, image, accel, run_id)
+        if snap:
+            dom = _restore(conn, snap, run_id)
+        else:
+            dom = domain_mod.prepare(conn, scenario, image, accel, run_id)
         try:
             artifacts.mkdir(parents=True)
             (artifacts / "domain.xml").write_text(dom.xml)
@@ -111,17 +122,23 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
     shut_down_cleanly = False
     try:
         with timings.measure("start"):
-            dom.start_paused()
+            if not snap:
+                dom.start_paused()
             dom.on_event(host_event)
-        say(f"created {dom.name} (paused); attaching the console")
+        say(f"created {dom.name} (paused){' from snapshot ' + snap.folder.name if snap else ''}; attaching the console")
         with timings.measure("attach"):
             console.attach(top.child("attach", ATTACH_SECONDS))
         dom.resume()
         transcript.started = time.monotonic()
-        host_event("resumed", f"domain {dom.name} resumed ({accel.name})")
-        say(f"started {dom.name} under {accel.name}; waiting for the login prompt")
-        console.login(top.child("boot", scenario.boot_seconds))
-        say("logged in; pre-flight checks (waits for cloud-init)")
+        if snap:
+            host_event("restored", f"domain {dom.name} restored from snapshot {snap.folder.name} and resumed ({accel.name})")
+            say(f"restored {dom.name} under {accel.name}; resynchronising the clock, pre-flight checks")
+            facts["clock"] = _resync_clock(console, top.child("clock", 30))
+        else:
+            host_event("resumed", f"domain {dom.name} resumed ({accel.name})")
+            say(f"started {dom.name} under {accel.name}; waiting for the login prompt")
+            console.login(top.child("boot", scenario.boot_seconds))
+            say("logged in; pre-flight checks (waits for cloud-init)")
         facts["preflight"] = console.facts("lab-preflight", top.child("preflight", PREFLIGHT_SECONDS))
         _check_ready(scenario, facts["preflight"])
         armed = facts["preflight"].get("kexec_crash_loaded") == "1"
@@ -161,9 +178,77 @@ def run(scenario: Scenario, results: Path, log=sys.stderr) -> dict:
                               facts=facts, transcript=transcript, artifacts=artifacts, timings=timings.lab,
                               wall=time.monotonic() - t0, cut_short=cut_short)
     report["warnings"] = warnings
+    report["snapshot"] = {"key": snap.folder.name, "clock": facts.get("clock")} if snap else None
     report_mod.write(artifacts, report)
     say(f"verdict {verdict.verdict} at {verdict.stage}: {verdict.diagnosis}")
     return report
+
+
+def _ensure_snapshot(conn, scenario: Scenario, image, accel, snap, say) -> None:
+    """Boot the configuration once, to ready, and save it; under a lock, so it is made once."""
+    snapshot_mod.root().mkdir(parents=True, exist_ok=True)
+    with _dir_lock(snapshot_mod.root()):
+        if snap.ready():
+            return
+        say(f"no snapshot {snap.folder.name} yet: booting the configuration once to make it")
+        name_id = f"snap-{snap.folder.name}"
+        dom = domain_mod.prepare(conn, scenario, image, accel, name_id)
+        transcript = Transcript(dom.workdir)
+        console = Console(conn.getURI(), dom.name, transcript, host_lost=lambda: host.lost(conn))
+        top = Deadline("snapshot", RUN_SECONDS)
+        try:
+            dom.start_paused()
+            console.attach(top.child("attach", ATTACH_SECONDS))
+            dom.resume()
+            console.login(top.child("boot", scenario.boot_seconds))
+            facts = console.facts("lab-preflight", top.child("preflight", PREFLIGHT_SECONDS))
+            _check_ready(scenario, facts)
+            console.command("sync", top.child("sync", 60))
+            console.close()
+            snapshot_mod.save(conn, dom.dom, dom.overlay, dom.workdir / "seed.iso", snap, dom.seed.user_data, facts)
+            say(f"snapshot {snap.folder.name} saved (armed: {facts.get('kexec_crash_loaded') == '1'})")
+        finally:
+            console.close()
+            dom.destroy()
+            transcript.close()
+            dom.remove_files()
+
+
+@contextlib.contextmanager
+def _dir_lock(folder: Path):
+    import fcntl
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _restore(conn, snap, run_id: str):
+    from .seed import Seed
+    name = f"{paths.NAME_PREFIX}{run_id}"
+    workdir = paths.work_dir() / run_id
+    workdir.mkdir(parents=True)
+    (workdir / "owner.pid").write_text(f"{os.getpid()}\n")
+    try:
+        libvirt_dom, overlay, xml = snapshot_mod.restore(conn, snap, workdir, name, run_id)
+    except BaseException:
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    seed = Seed((snap.folder / "user-data").read_text(), "")
+    return domain_mod.Domain(name, run_id, xml, workdir, conn, seed, overlay=overlay, dom=libvirt_dom, uri=conn.getURI())
+
+
+def _resync_clock(console: Console, deadline: Deadline) -> dict:
+    """After a restore the guest's clock is as old as the snapshot: set it to the host's."""
+    _rc, out = console.command("date -u +%s", deadline)
+    guest = next((int(w) for w in out.split() if w.isdigit() and len(w) >= 9), None)
+    host_now = int(time.time())
+    rc, _ = console.command(f"date -u -s @{host_now} >/dev/null", deadline)
+    return {"guest_before": guest, "host": host_now, "behind_seconds": None if guest is None else host_now - guest,
+            "resynchronised": rc == 0}
 
 
 def _partial(scenario, run_id, accel, image, cut_short) -> dict:
@@ -293,7 +378,7 @@ class MemoryBudget:
                 self.cond.notify_all()
 
 
-def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr) -> list[dict]:
+def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr, snapshot: bool = False) -> list[dict]:
     """Every repeat of every scenario, `parallel` at a time; a run that fails on the host does not stop
     the others. Returns one report per run (errors as {"error": ...})."""
     for name in dict.fromkeys(s.image for s in scenarios):
@@ -304,7 +389,7 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.st
     def one(scenario: Scenario) -> dict:
         with budget.reserve(HOST_MIB_PER_GUEST_MIB * scenario.memory_mib):
             try:
-                return run(scenario, results, log)
+                return run(scenario, results, log, snapshot=snapshot)
             except LabError as exc:
                 print(f"lab: {scenario.name}: {exc}", file=log, flush=True)
                 return {"scenario": dataclasses.asdict(scenario), "error": str(exc), "verdict": None,

@@ -1,0 +1,50 @@
+"""Ready-to-panic snapshots: keyed by what shapes the ready guest; repeats restored from one agree
+with cold runs, each on its own disk, with the clock set and kdump re-checked before the panic."""
+import dataclasses
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from lab import paths, runner, snapshot
+from lab import scenario as sc
+
+
+def test_the_key_follows_the_guest_not_the_trigger_or_the_expectation():
+    kdump = sc.resolve("kdump")
+    same = [dataclasses.replace(kdump, trigger="nmi", expect="hang", repeat=5, stall_seconds=30.0, name="other")]
+    different = [dataclasses.replace(kdump, kernel_panic=3), dataclasses.replace(kdump, memory_mib=2048),
+                 dataclasses.replace(kdump, kdump_config="kb2858695")]
+    key = snapshot.key(kdump, "img1", "tcg")
+    assert all(snapshot.key(s, "img1", "tcg") == key for s in same)
+    assert all(snapshot.key(s, "img1", "tcg") != key for s in different)
+    assert snapshot.key(kdump, "img2", "tcg") != key and snapshot.key(kdump, "img1", "kvm") != key
+
+
+def test_a_restore_gets_its_own_disk_name_and_owner():
+    saved = (f"<domain><name>panic-lab-snap-1</name><uuid>00000000-0000-0000-0000-000000000001</uuid>"
+             f"<metadata><lab:run xmlns:lab='{paths.METADATA_NS}' id='snap-1' owner='1'/></metadata>"
+             f"<devices><disk><source file='/snap/disk.qcow2'/></disk><disk><source file='/snap/seed.iso'/></disk>"
+             f"</devices></domain>")
+    tree = ET.fromstring(snapshot._retarget(saved, {"/snap/disk.qcow2": "/runs/r1/disk.qcow2"},
+                                            name="panic-lab-r1", run_id="r1"))
+    assert [s.get("file") for s in tree.iter("source")] == ["/runs/r1/disk.qcow2", "/snap/seed.iso"]
+    assert tree.find("name").text == "panic-lab-r1"
+    assert tree.find("uuid").text != "00000000-0000-0000-0000-000000000001"
+    run = next(tree.iter(f"{{{paths.METADATA_NS}}}run"))
+    assert run.get("id") == "r1" and run.get("owner") != "1"
+
+
+@pytest.mark.live
+@pytest.mark.lab(scenario="kdump")
+def test_snapshot_repeats_agree_with_a_cold_run(lab_run, lab_results):
+    cold = lab_run.report
+    repeats = [runner.run(sc.resolve("kdump"), lab_results, snapshot=True) for _ in range(2)]
+    for r in repeats:
+        assert r["cut_short"] is None, r["cut_short"]
+        assert (r["verdict"], r["stage"]) == (cold["verdict"], cold["stage"]), r["diagnosis"]
+        assert r["snapshot"]["clock"]["resynchronised"] is True
+        assert r["preflight"]["kexec_crash_loaded"] == "1"   # re-checked after the restore
+        assert r["vmcore"]["count"] == 1                      # its own disk: one dump, not two
+        assert "restored" in [e["kind"] for e in r["host_events"]]
+    assert repeats[0]["snapshot"]["key"] == repeats[1]["snapshot"]["key"]
+    assert repeats[0]["run_id"] != repeats[1]["run_id"]
