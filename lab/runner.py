@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 import threading
 import time
@@ -378,6 +379,55 @@ class MemoryBudget:
                 self.cond.notify_all()
 
 
+class Board:
+    """The progress of a set of runs, one line each (run, current stage, elapsed), redrawn in place on
+    a terminal; elsewhere (a CI log) the runs' own lines pass through as they come."""
+    LINE = re.compile(r"^\[\s*([\d.]+)s\] (\S+): (.*)$")
+
+    def __init__(self, out=sys.stderr):
+        self.out = out
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.rows: dict[str, list] = {}   # run id -> [stage, last message, started]
+        self.drawn = 0
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            if not self.tty:
+                self.out.write(text)
+                return len(text)
+            for line in text.splitlines():
+                m = self.LINE.match(line)
+                if not m:   # anything else (a warning, an error) goes above the board
+                    self._clear()
+                    self.out.write(line + "\n")
+                    continue
+                row = self.rows.setdefault(m.group(2), ["starting", "", time.monotonic() - float(m.group(1))])
+                if m.group(3).startswith("stage "):
+                    row[0] = m.group(3)[6:]
+                elif m.group(3).startswith("verdict "):
+                    row[0] = m.group(3).split(":", 1)[0]
+                row[1] = m.group(3)
+            self._draw()
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+    def _draw(self) -> None:
+        self._clear()
+        now = time.monotonic()
+        for run_id, (stage, message, started) in self.rows.items():
+            self.out.write(f"{run_id:<48} {stage:<28} {now - started:6.0f}s  {message[:60]}\n")
+        self.drawn = len(self.rows)
+        self.out.flush()
+
+
 def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr, snapshot: bool = False) -> list[dict]:
     """Every repeat of every scenario, `parallel` at a time; a run that fails on the host does not stop
     the others. Returns one report per run (errors as {"error": ...})."""
@@ -385,6 +435,7 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.st
         image_mod.ensure(name, log=log)   # built once, here, before any run needs it
     runs = [s for s in scenarios for _ in range(s.repeat)]
     budget = MemoryBudget(_available_mib())
+    log = Board(log) if len(runs) > 1 else log
 
     def one(scenario: Scenario) -> dict:
         with budget.reserve(HOST_MIB_PER_GUEST_MIB * scenario.memory_mib):

@@ -134,3 +134,30 @@ def test_the_html_report_escapes_what_it_shows(tmp_path):
     page = report.html_report([run], data)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert '<table id="matrix">' in page and "panic-hang" in page
+
+
+class _Terminal:
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_the_progress_board_keeps_one_line_per_run():
+    from lab.runner import Board
+    term = _Terminal()
+    board = Board(term)
+    board.write("[   0.3s] kdump-1: started panic-lab-kdump-1 under tcg; waiting for the login prompt\n")
+    board.write("[   1.0s] kdump-2: started panic-lab-kdump-2 under tcg; waiting for the login prompt\n")
+    board.write("[  49.0s] kdump-1: stage panicked\n")
+    last = term.text.rsplit("\x1b[J", 1)[-1].splitlines()   # what the screen shows after the last redraw
+    assert [line.split()[:2] for line in last] == [["kdump-1", "panicked"], ["kdump-2", "starting"]]
+    board.write("lab: kdump-2: host: libvirt went away\n")   # other lines go above the board
+    assert "lab: kdump-2: host: libvirt went away\n" in term.text
