@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -91,14 +92,17 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
         accel = accel_mod.detect(conn, str(image.kernel),
                                  domain_mod.probe_renderer(str(image.kernel), domain_mod.run_as_root(conn)))
     snap = None
+    turn = contextlib.ExitStack()   # a snapshot's repeats take turns (see snapshot.restore)
     if snapshot:
         snap = snapshot_mod.find(scenario, image.key, accel.name)
         _ensure_snapshot(conn, scenario, image, accel, snap, say)   # a first boot is not lab overhead either
+        turn.enter_context(_dir_lock(snap.folder))
     with timings.measure("prepare"):
-        if snap:
-            dom = _restore(conn, snap, run_id)
-        else:
-            dom = domain_mod.prepare(conn, scenario, image, accel, run_id)
+        try:
+            dom = _restore(conn, snap, run_id) if snap else domain_mod.prepare(conn, scenario, image, accel, run_id)
+        except BaseException:
+            turn.close()
+            raise
         try:
             artifacts.mkdir(parents=True)
             (artifacts / "domain.xml").write_text(dom.xml)
@@ -107,9 +111,11 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
             transcript = Transcript(artifacts)
         except OSError as exc:
             dom.teardown()
+            turn.close()
             raise HostError("results", f"cannot write the run folder {artifacts}: {exc.strerror}") from None
         except BaseException:
             dom.teardown()
+            turn.close()
             raise
     lock = threading.Lock()
 
@@ -171,6 +177,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
             facts["disk_check"] = dom.check_disk(shut_down_cleanly)
             dom.remove_files()
             transcript.close()
+            turn.close()
         if cut_short and cut_short["by"] == "user":
             report_mod.write(artifacts, _partial(scenario, run_id, accel, image, cut_short))
     with timings.measure("classify"):
@@ -207,6 +214,8 @@ def _ensure_snapshot(conn, scenario: Scenario, image, accel, snap, say) -> None:
             console.command("sync", top.child("sync", 60))
             console.close()
             snapshot_mod.save(conn, dom.dom, dom.overlay, dom.workdir / "seed.iso", snap, dom.seed.user_data, facts)
+            transcript.close()
+            shutil.copy(transcript.path, snap.folder / "boot-console.log")   # the snapshot's boot, kept
             say(f"snapshot {snap.folder.name} saved (armed: {facts.get('kexec_crash_loaded') == '1'})")
         finally:
             console.close()
@@ -228,14 +237,13 @@ def _dir_lock(folder: Path):
 
 def _restore(conn, snap, run_id: str):
     from .seed import Seed
-    name = f"{paths.NAME_PREFIX}{run_id}"
     workdir = paths.work_dir() / run_id
     workdir.mkdir(parents=True)
     (workdir / "owner.pid").write_text(f"{os.getpid()}\n")
     try:
-        libvirt_dom, overlay, xml = snapshot_mod.restore(conn, snap, workdir, name, run_id)
+        libvirt_dom, overlay, xml = snapshot_mod.restore(conn, snap, workdir, run_id)
+        name = libvirt_dom.name()
     except BaseException:
-        import shutil
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     seed = Seed((snap.folder / "user-data").read_text(), "")

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,16 +89,11 @@ def save(conn: libvirt.virConnect, dom: libvirt.virDomain, overlay: Path, seed_i
         raise
 
 
-def _retarget(xml: str, paths_map: dict[str, str], name: str | None = None, run_id: str | None = None) -> str:
+def _retarget(xml: str, paths_map: dict[str, str], run_id: str | None = None) -> str:
     tree = ET.fromstring(xml)
     for source in tree.iter("source"):
         if source.get("file") in paths_map:
             source.set("file", paths_map[source.get("file")])
-    if name:
-        tree.find("name").text = name
-        uuid_el = tree.find("uuid")
-        if uuid_el is not None:
-            uuid_el.text = str(uuid.uuid4())
     if run_id:
         for element in tree.iter(f"{{{paths.METADATA_NS}}}run"):
             element.set("id", run_id)
@@ -107,8 +101,11 @@ def _retarget(xml: str, paths_map: dict[str, str], name: str | None = None, run_
     return ET.tostring(tree, encoding="unicode")
 
 
-def restore(conn: libvirt.virConnect, snap: Snapshot, workdir: Path, name: str, run_id: str) -> tuple[libvirt.virDomain, Path, str]:
-    """A new, paused domain from the snapshot, on its own disk in workdir."""
+def restore(conn: libvirt.virConnect, snap: Snapshot, workdir: Path, run_id: str) -> tuple[libvirt.virDomain, Path, str]:
+    """A new, paused domain from the snapshot, on its own disk in workdir.
+
+    It keeps the saved domain's name and UUID (libvirt checks a restored guest's ABI against the saved
+    one), so one configuration's repeats take turns: the caller holds the snapshot's lock meanwhile."""
     base = snap.disk()
     overlay = workdir / base.name
     if base.suffix == ".qcow2":
@@ -119,7 +116,8 @@ def restore(conn: libvirt.virConnect, snap: Snapshot, workdir: Path, name: str, 
     if made.returncode != 0:
         raise HostError("snapshot", f"{cmd[0]} failed: {made.stderr.strip()[:200]}")
     os.chmod(overlay, 0o644)
-    xml = _retarget(conn.saveImageGetXMLDesc(str(snap.state)), {str(base): str(overlay)}, name=name, run_id=run_id)
+    xml = _retarget(conn.saveImageGetXMLDesc(str(snap.state)), {str(base): str(overlay)}, run_id=run_id)
+    name = ET.fromstring(xml).find("name").text
     try:
         conn.restoreFlags(str(snap.state), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
         return conn.lookupByName(name), overlay, xml
