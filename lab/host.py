@@ -36,7 +36,6 @@ def _start_event_loop() -> None:
         _loop_started = True
 
 
-_lost: dict[int, str] = {}   # id(connection) -> why libvirt closed it
 CLOSE_REASONS = {0: "an error", 1: "end of file from libvirtd (restarted or stopped?)", 2: "a keepalive timeout",
                  3: "the client asked"}
 
@@ -50,14 +49,16 @@ def connect(target: str | None = None) -> libvirt.virConnect:
     except libvirt.libvirtError as exc:
         raise HostError("host", f"libvirt unreachable at {target}: {exc.get_error_message()} "
                                 "(start it with `make setup`, or set LAB_URI)") from None
-    key = id(conn)
+    # Kept on the connection object itself: an id() would be reused by a later connection.
+    state: dict[str, str] = {}
 
     def closed(_conn, reason, _opaque) -> None:
-        _lost[key] = CLOSE_REASONS.get(reason, f"reason {reason}")
+        state["lost"] = CLOSE_REASONS.get(reason, f"reason {reason}")
     conn.registerCloseCallback(closed, None)
+    conn._lab_close_state = state
     return conn
 
 
 def lost(conn: libvirt.virConnect) -> str | None:
     """Why libvirt closed this connection, or None while it is open."""
-    return _lost.get(id(conn))
+    return getattr(conn, "_lab_close_state", {}).get("lost")
