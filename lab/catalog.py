@@ -6,7 +6,6 @@ run at once (an flock on the image's cache folder: the second waits, then finds 
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import http.client
@@ -101,16 +100,6 @@ def cached(e: Entry) -> Path | None:
     return image if image.exists() and (_folder(e.name) / f"{e.filename}.verified").exists() else None
 
 
-@contextlib.contextmanager
-def _locked(folder: Path):
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _open(url: str, start: int = 0):
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
     try:
@@ -179,7 +168,7 @@ def pull(name: str, log=sys.stderr) -> Path:
     e = entry(name)
     folder = _folder(name)
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder):
+    with paths.locked(folder):
         done = cached(e)
         if done:
             return done

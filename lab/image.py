@@ -1,8 +1,6 @@
 """Stage 1, image: the guest's base disk, kernel and initrd, built offline and cached by recipe hash."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -74,7 +72,7 @@ def ensure(name: str, log=sys.stderr) -> Image:
     root = paths.cache_dir() / "images"
     root.mkdir(parents=True, exist_ok=True)
     # The lock is the images folder itself: no lock file is left behind.
-    with _locked(root):
+    with paths.locked(root):
         image = _load(name, key)  # another process may have built it while we waited
         if image:
             return image
@@ -95,16 +93,6 @@ def ensure(name: str, log=sys.stderr) -> Image:
                 remove_build(tmp)
         print(f"image: {name} ready in {time.monotonic() - started:.0f} s", file=log, flush=True)
         return _load(name, key)
-
-
-@contextlib.contextmanager
-def _locked(folder: Path):
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 BUILDER = "builder.json"   # in a build folder: who builds it (lab pid) and the builder's process group

@@ -1,6 +1,8 @@
 """Where the lab reads its recipes and writes its cache, runs and artifacts."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -26,3 +28,14 @@ def work_dir() -> Path:
 
 def results_dir() -> Path:
     return Path(os.environ.get("LAB_RESULTS_DIR") or (PROJECT / "results"))
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """An exclusive flock on a folder itself, held for the block: no lock file is left behind."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

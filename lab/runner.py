@@ -96,7 +96,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
     if snapshot:
         snap = snapshot_mod.find(scenario, image.key, accel.name)
         _ensure_snapshot(conn, scenario, image, accel, snap, say)   # a first boot is not lab overhead either
-        turn.enter_context(_dir_lock(snap.folder))
+        turn.enter_context(paths.locked(snap.folder))
     with timings.measure("prepare"):
         try:
             dom = _restore(conn, snap, run_id) if snap else domain_mod.prepare(conn, scenario, image, accel, run_id)
@@ -195,7 +195,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
 def _ensure_snapshot(conn, scenario: Scenario, image, accel, snap, say) -> None:
     """Boot the configuration once, to ready, and save it; under a lock, so it is made once."""
     snapshot_mod.root().mkdir(parents=True, exist_ok=True)
-    with _dir_lock(snapshot_mod.root()):
+    with paths.locked(snapshot_mod.root()):
         if snap.ready():
             return
         say(f"no snapshot {snap.folder.name} yet: booting the configuration once to make it")
@@ -222,17 +222,6 @@ def _ensure_snapshot(conn, scenario: Scenario, image, accel, snap, say) -> None:
             dom.destroy()
             transcript.close()
             dom.remove_files()
-
-
-@contextlib.contextmanager
-def _dir_lock(folder: Path):
-    import fcntl
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _restore(conn, snap, run_id: str):
