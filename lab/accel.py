@@ -6,7 +6,6 @@ libvirt and QEMU accept for that accelerator, are cached per host kernel, QEMU a
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -14,6 +13,7 @@ import select
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import libvirt
 
@@ -79,9 +79,7 @@ def detect(conn: libvirt.virConnect, kernel: str, render) -> Accel:
     cache = _cache_file(conn)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     # One probe at a time per host: two runs starting together must not both probe, nor read a half-written file.
-    lock = os.open(os.path.dirname(cache), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with paths.locked(Path(cache).parent):
         cached = {}
         if os.path.exists(cache):
             with open(cache) as f:
@@ -101,8 +99,6 @@ def detect(conn: libvirt.virConnect, kernel: str, render) -> Accel:
         with open(cache + ".tmp", "w") as f:
             json.dump(cached, f, indent=2)
         os.replace(cache + ".tmp", cache)
-    finally:
-        os.close(lock)
     accepted = tuple((n, tuple(sorted(dict(a).items()))) for n, a in HYPERV_WANTED if n in cached[hv_key])
     rejected = tuple(n for n, _ in HYPERV_WANTED if n not in cached[hv_key])
     return Accel(hyperv=tuple((n, a) for n, a in accepted), hyperv_rejected=rejected, probe=probe, **base)
