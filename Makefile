@@ -29,7 +29,7 @@ lab-run: image
 	$(LAB) run $(SCENARIOS)
 
 test: image
-	$(PY) -m pytest -v -rs tests
+	$(PY) -m pytest -v -rs --durations=20 tests
 
 test-unit: venv
 	$(PY) -m pytest -v -m 'not live' tests

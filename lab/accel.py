@@ -71,7 +71,7 @@ def cached_choice(conn: libvirt.virConnect) -> str | None:
         return None
 
 
-def detect(conn: libvirt.virConnect, kernel: str, render) -> Accel:
+def detect(conn: libvirt.virConnect, render) -> Accel:
     """`render(accel_dict, hyperv) -> xml` builds a disk-less probe domain from the real template."""
     forced = os.environ.get("LAB_ACCEL")
     if forced and forced not in ("kvm", "tcg"):
@@ -87,13 +87,13 @@ def detect(conn: libvirt.virConnect, kernel: str, render) -> Accel:
         choice = forced or cached.get("choice")
         probe = cached.get("probe", "")
         if not choice:
-            choice, probe = _probe_kvm(conn, kernel, render)
+            choice, probe = _probe_kvm(conn, render)
         elif forced:
             probe = f"forced by LAB_ACCEL={forced}"
         base = KVM_BASE if choice == "kvm" else TCG_BASE
         hv_key = f"hyperv-{choice}"
         if hv_key not in cached:
-            cached[hv_key] = _probe_hyperv(conn, kernel, render, base)
+            cached[hv_key] = _probe_hyperv(conn, render, base)
         if not forced:
             cached.update(choice=choice, probe=probe)
         with open(cache + ".tmp", "w") as f:
@@ -108,7 +108,7 @@ def _start_paused(conn, xml):
     return conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
 
 
-def _probe_hyperv(conn, kernel, render, base) -> list[str]:
+def _probe_hyperv(conn, render, base) -> list[str]:
     """Keep each enlightenment QEMU starts with, adding them one by one in dependency order."""
     accepted: list[str] = []
     for name, attrs in HYPERV_WANTED:
@@ -122,7 +122,7 @@ def _probe_hyperv(conn, kernel, render, base) -> list[str]:
     return accepted
 
 
-def _probe_kvm(conn, kernel, render) -> tuple[str, str]:
+def _probe_kvm(conn, render) -> tuple[str, str]:
     if not os.path.exists("/dev/kvm"):
         return "tcg", "no /dev/kvm"
     try:

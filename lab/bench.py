@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -102,10 +104,25 @@ def _stage_medians(reports: list[dict]) -> dict:
     return {n: _median([_stage_times(r).get(n, {}).get("from_panic") for r in reports]) for n in sorted(names)}
 
 
+def hang_declaration(report: dict) -> dict | None:
+    """For a run that stalled: how long after its last stage the lab declared it stuck, against the deadline
+    it had, and how long the verdict then waited on the teardown."""
+    stall = next((e for e in report["host_events"] if e["kind"] == "stall"), None)
+    if stall is None or not report["stages"]:
+        return None
+    last = report["stages"][-1]
+    m = re.search(r"deadline (\d+) s", stall["text"])
+    after = stall["t"] - last["t"]
+    return {"stage": last["name"], "deadline_s": int(m.group(1)) if m else None, "declared_after_s": round(after, 3),
+            "over_deadline_s": round(after - int(m.group(1)), 3) if m else None,
+            "then_teardown_s": report["timings"]["teardown_seconds"]}
+
+
 def bench_scenarios(names, runs: int, results: Path) -> dict:
     out = {}
     for name in names:
         reports = [runner.run(sc.resolve(name), results) for _ in range(runs)]
+        hangs = [h for h in map(hang_declaration, reports) if h]
         out[name] = {
             "runs": runs, "verdicts": [r["verdict"] for r in reports],
             "stage_seconds_from_panic_median": _stage_medians(reports),
@@ -113,6 +130,8 @@ def bench_scenarios(names, runs: int, results: Path) -> dict:
             "lab_overhead_seconds_median": _median([r["timings"]["lab_seconds"] for r in reports]),
             "teardown_seconds_median": _median([r["timings"]["teardown_seconds"] for r in reports]),
             "accel": reports[0]["accel"]["name"],
+            "hang_over_deadline_seconds_median": _median([h["over_deadline_s"] for h in hangs]) if hangs else None,
+            "hang_teardown_seconds_median": _median([h["then_teardown_s"] for h in hangs]) if hangs else None,
         }
     return out
 
@@ -174,6 +193,16 @@ def _machine() -> dict:
 
 
 def main(argv=None) -> int:
+    from .cli import _terminate
+    signal.signal(signal.SIGTERM, _terminate)   # unwinds like Ctrl-C: the run in flight cleans up after itself
+    try:
+        return _bench(argv)
+    except KeyboardInterrupt as exc:
+        print(f"bench: interrupted ({exc.args[0] if exc.args else 'SIGINT'}); nothing written", file=sys.stderr)
+        return 130
+
+
+def _bench(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lab.bench", description="Benchmarks; every figure a median of --runs.")
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--runs", type=int, default=3, help="runs behind each median (default 3)")
@@ -213,6 +242,9 @@ def table(out: dict) -> str:
         lines.append(f"{name:<24} wall {row['wall_seconds_median']:6.1f} s  lab overhead "
                      f"{row['lab_overhead_seconds_median']:.2f} s  teardown {row['teardown_seconds_median']:.2f} s  "
                      f"from the panic: {stages}")
+        if row.get("hang_over_deadline_seconds_median") is not None:
+            lines.append(f"{'':<24} hang declared {row['hang_over_deadline_seconds_median']} s past its stage deadline, "
+                         f"then {row['hang_teardown_seconds_median']} s of teardown before the verdict")
     if "snapshot" in out:
         s = out["snapshot"]
         lines.append(f"snapshot ({s['scenario']})      resume->next login: cold {s['cold_resume_to_next_login_median']} s, "

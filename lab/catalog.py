@@ -21,9 +21,13 @@ from pathlib import Path
 
 from . import paths
 from .errors import HostError, InputError
+from .seed import Guest
 
-KEYS = {"url", "sha256", "checksum_url", "checksum_entry", "checksum_algo", "family", "kdump", "user", "crashkernel"}
+KEYS = {"url", "sha256", "checksum_url", "checksum_entry", "checksum_algo", "family", "kdump", "user", "crashkernel",
+        "packages"}
 FAMILIES = {"rhel": "dracut-kdump", "debian": "kdump-tools"}
+# A published image boots through its own bootloader, so crashkernel= can only go in through it.
+CRASHKERNEL_WAYS = ("grub-reboot",)
 CHUNK = 1 << 20
 TIMEOUT = 30   # seconds without a byte before a download counts as stalled
 
@@ -40,10 +44,15 @@ class Entry:
     checksum_url: str | None = None
     checksum_entry: str | None = None
     checksum_algo: str = "sha256"
+    packages: tuple[str, ...] = ()   # installed by cloud-init on the first boot (needs a network)
 
     @property
     def filename(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def guest(self) -> Guest:
+        return Guest(flavour=self.kdump, crashkernel=self.crashkernel, packages=self.packages)
 
 
 def catalog_path() -> Path:
@@ -77,9 +86,15 @@ def load(path: Path | None = None) -> dict[str, Entry]:
             raise InputError("catalog", f"{where}: needs sha256, or checksum_url and checksum_entry")
         if raw.get("checksum_algo", "sha256") not in ("sha256", "sha512"):
             raise InputError("catalog", f"{where}: checksum_algo must be sha256 or sha512")
+        if raw["crashkernel"] not in CRASHKERNEL_WAYS:
+            raise InputError("catalog", f"{where}: crashkernel {raw['crashkernel']!r} is not one of "
+                                        f"{', '.join(CRASHKERNEL_WAYS)}")
+        packages = raw.get("packages", [])
+        if not isinstance(packages, list) or not all(isinstance(p, str) and re.match(r"^[\w.+-]+$", p) for p in packages):
+            raise InputError("catalog", f"{where}: packages must be a list of package names")
         if not re.match(r"^https?://", raw["url"]):
             raise InputError("catalog", f"{where}: url must be http(s)")
-        entries[name] = Entry(name=name, **raw)
+        entries[name] = Entry(name=name, **{**raw, "packages": tuple(packages)})
     return entries
 
 
@@ -88,6 +103,12 @@ def entry(name: str) -> Entry:
     if name not in entries:
         raise InputError("image", f"unknown image {name!r} (catalog: {', '.join(entries)})")
     return entries[name]
+
+
+def digest_of(e: Entry) -> str | None:
+    """The verified digest of the cached image (what a run's image key is made from)."""
+    marker = _folder(e.name) / f"{e.filename}.verified"
+    return marker.read_text().split()[-1] if cached(e) else None
 
 
 def _folder(name: str) -> Path:
@@ -208,6 +229,7 @@ def pull(name: str, log=sys.stderr) -> Path:
             raise HostError("pull", f"{name}: {e.checksum_algo} mismatch (expected {want[:16]}…, got {got[:16]}…); "
                                     "the download was removed, nothing cached")
         final = folder / e.filename
+        part.chmod(0o444)   # a base image: runs write to overlays only
         part.replace(final)
         (folder / f"{e.filename}.verified").write_text(f"{e.checksum_algo} {got}\n")
         print(f"pull {name}: verified ({e.checksum_algo}), cached at {final}", file=log, flush=True)
@@ -215,7 +237,8 @@ def pull(name: str, log=sys.stderr) -> Path:
 
 
 def partial_downloads() -> list[Path]:
-    """.part files no pull is working on (a pull holds its folder's lock): kept to resume, until `lab clean`."""
+    """What failed pulls left that no pull is working on (a pull holds its folder's lock): .part files,
+    kept to resume until `lab clean`, and image folders a pull made but never got a byte into."""
     found = []
     for folder in sorted((paths.cache_dir() / "cloud").glob("*")):
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -225,7 +248,7 @@ def partial_downloads() -> list[Path]:
             continue
         finally:
             os.close(fd)
-        found += sorted(folder.glob("*.part"))
+        found += sorted(folder.glob("*.part")) or ([folder] if not any(folder.iterdir()) else [])
     return found
 
 

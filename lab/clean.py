@@ -83,8 +83,12 @@ def clean(images: bool = False, force: bool = False, snapshots: bool = False) ->
         shutil.rmtree(snaps, ignore_errors=True)
         done.append(f"removed snapshots {snaps}")
     for part in catalog.partial_downloads():
-        part.unlink(missing_ok=True)
-        done.append(f"removed partial download {part} (a pull would have resumed it)")
+        if part.is_dir():
+            part.rmdir()
+            done.append(f"removed empty image folder {part} (a pull that got nothing)")
+        else:
+            part.unlink(missing_ok=True)
+            done.append(f"removed partial download {part} (a pull would have resumed it)")
     image_root = paths.cache_dir() / "images"
     if image_root.exists():
         if images:

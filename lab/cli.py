@@ -20,6 +20,7 @@ def _scenarios(args) -> list:
         else:
             chosen.append(sc.resolve(item))
     overrides = list(args.set) + ([f"repeat={args.repeat}"] if args.repeat is not None else [])
+    overrides += [f"image={args.image}"] if args.image else []
     return [sc.with_overrides(s, overrides) for s in chosen] if overrides else chosen
 
 
@@ -80,7 +81,10 @@ def _cmd_classify(args) -> int:
 def _cmd_images(args) -> int:
     from . import catalog, image
     if args.action == "build":
-        img = image.ensure(args.name or "debian12")
+        if args.name and args.name not in image.RECIPES:
+            raise LabError("image", f"{args.name!r} is not built here (recipes: {', '.join(image.RECIPES)}); "
+                                    "a published image is pulled: `lab images pull NAME`")
+        img = image.ensure(args.name or image.DEFAULT)
         print(img.disk)
         return 0
     if args.action == "pull":
@@ -92,7 +96,7 @@ def _cmd_images(args) -> int:
     for row in image.listing():
         state = f"cached, {row['size_bytes'] / 2**20:.0f} MiB, {row['disk']}" if row["cached"] else "not built"
         print(f"  {row['name']:<16} {row['key']}  {state}")
-    print("published cloud images (lab images pull NAME; booting them was not run here):")
+    print("published cloud images (lab images pull NAME, or lab run --image NAME; none was booted here):")
     for row in catalog.listing():
         if row["cached"]:
             state = f"cached, {row['size_bytes'] / 2**20:.0f} MiB"
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", metavar="DIR", help="where results folders go (default: ./results)")
     p.add_argument("--parallel", type=int, metavar="N", help="runs at once (default: from cores and free memory)")
     p.add_argument("--repeat", type=int, metavar="N", help="run each scenario N times")
+    p.add_argument("--image", metavar="NAME", help="run on this image (`lab images`); a published one is pulled "
+                                                   "when it is not in the cache")
     p.add_argument("--snapshot", action="store_true",
                    help="restore each run from a ready-to-panic snapshot of its configuration instead of booting")
     p.add_argument("--json", action="store_true")

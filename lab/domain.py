@@ -56,17 +56,19 @@ def render_xml(profile: str, **context) -> str:
     values.update(context)
     values.setdefault("metadata_ns", paths.METADATA_NS)
     values.setdefault("hv_crash", False)
+    values.setdefault("user_network", False)
     values.setdefault("owner", os.getpid())   # `lab clean` leaves a domain alone while this process lives
     values.setdefault("emulator", shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64")
     return _env.get_template(spec["template"]).render(**values)
 
 
-def probe_renderer(kernel: str, run_as_root: bool):
-    """A disk-less domain for the accelerator probes, from the same template as real runs."""
+def probe_renderer(kernel, run_as_root: bool):
+    """A disk-less domain for the accelerator probes, from the same template as real runs. `kernel` is a
+    path, or a function giving one: asked for only when a probe really runs."""
     def render(accel: dict, hyperv: list, label: str) -> str:
         return render_xml("default", accel=accel, hyperv=hyperv, name=f"{paths.NAME_PREFIX}{label}-{uuid.uuid4().hex[:6]}",
                           uuid=str(uuid.uuid4()), run_id="probe", scenario="probe", memory_mib=256, vcpus=1,
-                          kernel=kernel, initrd=None, cmdline="console=ttyS0,115200 panic=-1", overlay=None,
+                          kernel=kernel() if callable(kernel) else kernel, initrd=None, cmdline="console=ttyS0,115200 panic=-1", overlay=None,
                           seed=None, run_as_root=run_as_root)
     return render
 
@@ -88,6 +90,7 @@ class Domain:
     dom: libvirt.virDomain | None = None
     callbacks: list = field(default_factory=list)
     uri: str = ""   # kept apart from conn: a closed connection cannot tell its URI
+    partitioned: bool = False   # a published image's disk: no bare filesystem for e2fsck to check
 
     def start_paused(self) -> None:
         try:
@@ -139,6 +142,9 @@ class Domain:
         """fsck the guest's filesystem from the host, read-only, once the domain is gone."""
         if self.overlay is None or not self.overlay.exists() or self.overlay.suffix != ".raw":
             return {}
+        if self.partitioned:
+            return {"tool": "e2fsck -f -n", "clean": None,
+                    "summary": "not checked: the disk is partitioned (a published image), not a bare filesystem"}
         if not shut_down_cleanly:
             return {"tool": "e2fsck -f -n", "clean": None,
                     "summary": "not checked: the guest did not shut down cleanly (its journal is not replayed)"}
@@ -208,10 +214,12 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
         xml = render_xml(scenario.profile, accel={"domain_type": accel.domain_type, "cpu_mode": accel.cpu_mode},
                          hyperv=accel.hyperv_elements(), name=name, uuid=str(uuid.uuid4()), run_id=run_id,
                          scenario=scenario.name, memory_mib=scenario.memory_mib, vcpus=scenario.vcpus,
-                         kernel=str(image.kernel), initrd=str(image.initrd), cmdline=scenario.cmdline(),
+                         kernel=str(image.kernel) if image.kernel else None,
+                         initrd=str(image.initrd) if image.initrd else None, cmdline=scenario.cmdline(),
                          overlay=str(overlay), seed=str(iso), run_as_root=run_as_root(conn),
-                         hv_crash=scenario.hv_crash)
+                         hv_crash=scenario.hv_crash, user_network=bool(image.guest.packages))
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return Domain(name, run_id, xml, workdir, conn, seed, overlay=overlay, uri=conn.getURI())
+    return Domain(name, run_id, xml, workdir, conn, seed, overlay=overlay, uri=conn.getURI(),
+                  partitioned=image.boots_from_disk)

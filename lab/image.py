@@ -1,4 +1,5 @@
-"""Stage 1, image: the guest's base disk, kernel and initrd, built offline and cached by recipe hash."""
+"""Stage 1, image: the guest's base disk (with kernel and initrd for a direct kernel boot), either built
+offline and cached by recipe hash, or a published cloud image pulled from the catalog."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,8 @@ from .errors import HostError, InputError
 from .seed import OFFLINE_DEBIAN, Guest
 
 RECIPES = {"debian12": paths.IMAGES / "debian12"}
-BUILD_TOOLS = ("mmdebstrap", "mkfs.ext4", "qemu-img")
+DEFAULT = "debian12"
+BUILD_TOOLS = ("mmdebstrap", "mkfs.ext4", "qemu-img", "sfdisk")
 
 
 @dataclass(frozen=True)
@@ -26,10 +28,14 @@ class Image:
     name: str
     key: str
     disk: Path
-    kernel: Path
-    initrd: Path
+    kernel: Path | None             # None: the guest boots from its disk, through its own bootloader
+    initrd: Path | None
     kernel_version: str
     guest: Guest = OFFLINE_DEBIAN   # its kdump tooling and how crashkernel= is set
+
+    @property
+    def boots_from_disk(self) -> bool:
+        return self.kernel is None
 
 
 def recipe_key(name: str) -> str:
@@ -54,17 +60,40 @@ def _load(name: str, key: str) -> Image | None:
     return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", data["kernel_version"])
 
 
+def known() -> list[str]:
+    from . import catalog
+    return [*RECIPES, *catalog.load()]
+
+
+def _published(name: str, path: Path) -> Image:
+    from . import catalog
+    e = catalog.entry(name)
+    with path.open("rb") as f:
+        if f.read(4) != b"QFI\xfb":   # overlays are made with a qcow2 backing file
+            raise HostError("image", f"{name}: {path} is not a qcow2 image")
+    return Image(name, catalog.digest_of(e)[:16], path, None, None, "", e.guest)
+
+
 def cached(name: str) -> Image | None:
+    from . import catalog
     if name not in RECIPES:
-        raise InputError("image", f"unknown image {name!r} (known: {', '.join(RECIPES)})")
+        if name not in catalog.load():
+            raise InputError("image", f"unknown image {name!r} (known: {', '.join(known())})")
+        path = catalog.cached(catalog.entry(name))
+        return _published(name, path) if path else None
     return _load(name, recipe_key(name))
 
 
 def ensure(name: str, log=sys.stderr) -> Image:
-    """Return the cached image, building it once (under a lock) if its recipe is new."""
+    """Return the cached image: built once (under a lock) if its recipe is new, or pulled if it is a
+    published image not in the cache yet."""
     image = cached(name)
     if image:
         return image
+    if name not in RECIPES:
+        from . import catalog
+        print(f"image: {name} is not in the cache; pulling it", file=log, flush=True)
+        return _published(name, catalog.pull(name, log=log))
     missing = [tool for tool in BUILD_TOOLS if not shutil.which(tool)]
     if missing:
         raise HostError("image", f"cannot build {name}: {', '.join(missing)} not installed (make setup)")

@@ -89,8 +89,10 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
     for warning in warnings:
         say(f"warning: {warning}")
     with timings.measure("accel"):
-        accel = accel_mod.detect(conn, str(image.kernel),
-                                 domain_mod.probe_renderer(str(image.kernel), domain_mod.run_as_root(conn)))
+        # A published image keeps its kernel inside its disk: a probe, if one is needed, boots the offline image's.
+        def probe_kernel() -> str:
+            return str(image.kernel or image_mod.ensure(image_mod.DEFAULT, log=log).kernel)
+        accel = accel_mod.detect(conn, domain_mod.probe_renderer(probe_kernel, domain_mod.run_as_root(conn)))
     snap = None
     turn = contextlib.ExitStack()   # a snapshot's repeats take turns (see snapshot.restore)
     if snapshot:
@@ -145,6 +147,8 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
             host_event("resumed", f"domain {dom.name} resumed ({accel.name})")
             say(f"started {dom.name} under {accel.name}; waiting for the login prompt")
             console.login(top.child("boot", scenario.boot_seconds))
+            if image.guest.crashkernel == "grub-reboot":
+                _reboot_for_crashkernel(console, scenario, top, say, host_event)
             say("logged in; pre-flight checks (waits for cloud-init)")
         facts["preflight"] = console.facts("lab-preflight", top.child("preflight", PREFLIGHT_SECONDS))
         _check_ready(scenario, facts["preflight"])
@@ -209,6 +213,8 @@ def _ensure_snapshot(conn, scenario: Scenario, image, accel, snap, say) -> None:
             console.attach(top.child("attach", ATTACH_SECONDS))
             dom.resume()
             console.login(top.child("boot", scenario.boot_seconds))
+            if image.guest.crashkernel == "grub-reboot":
+                _reboot_for_crashkernel(console, scenario, top, say, transcript.annotate)
             facts = console.facts("lab-preflight", top.child("preflight", PREFLIGHT_SECONDS))
             _check_ready(scenario, facts)
             console.command("sync", top.child("sync", 60))
@@ -222,6 +228,20 @@ def _ensure_snapshot(conn, scenario: Scenario, image, accel, snap, say) -> None:
             dom.destroy()
             transcript.close()
             dom.remove_files()
+
+
+def _reboot_for_crashkernel(console: Console, scenario: Scenario, top: Deadline, say, host_event) -> None:
+    """A guest that boots through its own bootloader gets crashkernel= from cloud-init (grubby or
+    update-grub) on its first boot; it takes effect after one reboot, which the lab does itself."""
+    say("logged in; waiting for cloud-init, then rebooting once so that crashkernel= takes effect")
+    rc, _ = console.command("cloud-init status --wait >/dev/null 2>&1", top.child("cloud-init", PREFLIGHT_SECONDS))
+    if rc != 0:
+        _rc, out = console.command("cloud-init status --long 2>&1 | tail -n 3", top.child("cloud-init-status", 30))
+        say(f"warning: cloud-init reported errors (exit {rc}): {' '.join(out.split())[-200:]}")
+    console.new_events()   # a login prompt from before the reboot must not be taken for the next one
+    host_event("crashkernel_reboot", "the lab reboots the guest once: crashkernel= is in its bootloader's config now")
+    console.send("systemctl reboot\r")
+    console.login(top.child("boot-after-reboot", scenario.boot_seconds))
 
 
 def _restore(conn, snap, run_id: str):

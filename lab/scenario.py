@@ -14,7 +14,6 @@ CRASHKERNEL = re.compile(r"^(\d+)([MG])$")
 PROFILES = ("default", "hyperv-gen1")
 FAULTS = ("", "stale-vmbus")
 KDUMP_CONFIGS = tuple(CONFIGS)
-IMAGES = ("debian12",)
 
 
 @dataclass(frozen=True)
@@ -132,8 +131,11 @@ def validate(s: Scenario) -> None:
         raise InputError("scenario", f"{s.name}: {msg}")
     if not NAME.match(s.name):
         bad("a scenario name is lowercase letters, digits and dashes (it names the run's folder and domain)")
-    if s.image not in IMAGES:
-        bad(f"unknown image {s.image!r} (known: {', '.join(IMAGES)})")
+    from . import image as image_mod   # here: the image module needs this one
+    if s.image not in image_mod.RECIPES and s.image not in image_mod.known():   # the catalog only when needed
+        bad(f"unknown image {s.image!r} (known: {', '.join(image_mod.known())})")
+    if s.extra_cmdline and s.image not in image_mod.RECIPES:
+        bad(f"extra_cmdline needs a direct kernel boot, and image {s.image} boots through its own bootloader")
     if s.profile not in PROFILES:
         bad(f"unknown profile {s.profile!r} (known: {', '.join(PROFILES)})")
     if not -1 <= s.kernel_panic <= 3600:

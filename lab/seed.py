@@ -32,6 +32,7 @@ class Guest:
     """What kind of guest the seed is for: its kdump tooling and how crashkernel= gets set."""
     flavour: str = "kdump-tools"        # kdump-tools (Debian, Ubuntu) | dracut-kdump (RHEL family)
     crashkernel: str = "cmdline"        # cmdline: direct kernel boot; grub-reboot: the guest's grub, one reboot
+    packages: tuple[str, ...] = ()      # what cloud-init installs first (a published image lacks them)
 
     @property
     def kdump_service(self) -> str:

@@ -112,6 +112,28 @@ def test_killed_lab_leaves_nothing_behind(stage, sig, tmp_path, fresh_cache):
     assert _state(cache) == before, cleaned.stdout
 
 
+def test_a_stopped_benchmark_leaves_nothing_behind(tmp_path):
+    """`make bench` runs for an hour: stopping it half-way must not strand its guest."""
+    env = dict(os.environ, LAB_RESULTS_DIR=str(tmp_path / "results"))
+    before = _state(paths.cache_dir())
+    bench = subprocess.Popen([sys.executable, "-m", "lab.bench", "--only", "scenarios", "--runs", "1",
+                              "--out", str(tmp_path / "bench.json"), "panic-reboot"],
+                             cwd=ROOT, env=env, text=True, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    seen = []
+    for line in bench.stderr:
+        seen.append(line.rstrip())
+        if "waiting for the login prompt" in line:
+            break
+    else:
+        pytest.fail("the benchmark ended before its first guest started:\n" + "\n".join(seen[-10:]))
+    bench.send_signal(signal.SIGTERM)
+    _, rest = bench.communicate(timeout=180)
+    seen += rest.splitlines()
+    assert bench.returncode == 130 and "bench: interrupted (SIGTERM)" in seen[-1], "\n".join(seen[-10:])
+    assert _state(paths.cache_dir()) == before, "the benchmark left something behind"
+    assert not (tmp_path / "bench.json").exists()
+
+
 def _record(stage, sig):
     ledger = json.loads(LEDGER.read_text()) if LEDGER.exists() else []
     ledger.append(f"{stage}-{sig.name}")

@@ -6,81 +6,16 @@ import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from lab import image
+from loopback import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = image.cached("debian12")
 pytestmark = pytest.mark.skipif(BUILT is None, reason="the debian12 image is not built (make image)")
-
-
-class Server:
-    """Serves files by path, with Range, and can drop a connection after N bytes of one response."""
-
-    def __init__(self):
-        self.routes: dict[str, Path | bytes] = {}
-        self.drop_after: dict[str, int] = {}     # path -> bytes sent before the next response is cut
-        self.log: list[tuple[str, str | None]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_):
-                pass
-
-            def do_GET(self):
-                server.log.append((self.path, self.headers.get("Range")))
-                body = server.routes.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                data = body if isinstance(body, bytes) else None
-                size = len(data) if data is not None else body.stat().st_size
-                start = 0
-                m = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
-                if m and int(m.group(1)) < size:
-                    start = int(m.group(1))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(size - start))
-                self.end_headers()
-                limit = server.drop_after.pop(self.path, None)
-                src = data if data is not None else None
-                with (open(body, "rb") if src is None else _Bytes(src)) as f:
-                    f.seek(start)
-                    sent = 0
-                    while chunk := f.read(1 << 20):
-                        if limit is not None and sent + len(chunk) > limit:
-                            self.wfile.write(chunk[:limit - sent])
-                            self.close_connection = True
-                            return
-                        self.wfile.write(chunk)
-                        sent += len(chunk)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def gets(self, path: str) -> list:
-        return [r for p, r in self.log if p == path]
-
-
-class _Bytes:
-    def __init__(self, data):
-        import io
-        self.io = io.BytesIO(data)
-
-    def __enter__(self):
-        return self.io
-
-    def __exit__(self, *_):
-        return False
 
 
 @pytest.fixture
@@ -173,6 +108,19 @@ def test_an_interrupted_download_resumes_where_it_stopped(server, tmp_path):
     assert sha(Path(out.strip())) == sha(BUILT.initrd) and not part.exists()
 
 
+def test_a_pull_that_gets_nothing_is_one_line_and_lab_clean_removes_its_folder(server, tmp_path):
+    catalog = entry("local", f"{server.url}/img/missing.img", sha256="0" * 64)   # the server says 404
+    p = pull(tmp_path, catalog, "local")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and err.count("\n") == 1 and "HTTP 404" in err, err
+    folder = tmp_path / "cache" / "cloud" / "local"
+    assert list(folder.iterdir()) == []
+    env = dict(os.environ, LAB_CATALOG=str(tmp_path / "catalog.toml"), LAB_CACHE_DIR=str(tmp_path / "cache"))
+    cleaned = subprocess.run([sys.executable, "-m", "lab", "clean"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert f"removed empty image folder {folder}" in cleaned.stdout, cleaned.stdout + cleaned.stderr
+    assert not folder.exists()
+
+
 def test_two_pulls_at_once_download_once_and_agree(server, tmp_path):
     server.routes["/img/initrd.img"] = BUILT.initrd
     catalog = entry("local", f"{server.url}/img/initrd.img", sha256=sha(BUILT.initrd))
@@ -190,6 +138,10 @@ def test_two_pulls_at_once_download_once_and_agree(server, tmp_path):
     (entry("x", "http://h/i.img", sha256="ab") + 'colour = "blue"\n', "[x]: unknown key 'colour'"),
     (entry("x", "http://h/i.img"), "needs sha256, or checksum_url and checksum_entry"),
     (entry("x", "file:///etc/passwd", sha256="ab"), "url must be http(s)"),
+    (entry("x", "http://h/i.img", sha256="ab").replace('"grub-reboot"', '"cmdline"'),
+     "crashkernel 'cmdline' is not one of grub-reboot"),
+    (entry("x", "http://h/i.img", sha256="ab") + 'packages = "kdump-tools"\n', "packages must be a list of package names"),
+    (entry("x", "http://h/i.img", sha256="ab") + 'packages = ["kdump-tools; reboot"]\n', "packages must be a list"),
 ])
 def test_a_bad_catalog_is_one_line_naming_file_and_key(tmp_path, text, words):
     p = pull(tmp_path, text, "x")

@@ -68,3 +68,23 @@ def test_seed_applies_the_scenario_knobs(name, panic, kdump):
 def test_seed_appends_to_kdump_tools_default_command_line():
     s = seed.render(sc.with_overrides(sc.resolve("kdump"), ["kdump_cmdline_append=panic=10"]), "r")
     assert f'KDUMP_CMDLINE_APPEND="{seed.KDUMP_TOOLS_APPEND} panic=10"' in s.user_data
+
+
+@pytest.mark.parametrize("profile", list(domain.PROFILES))
+def test_a_published_image_boots_from_its_disk_and_may_get_a_user_network(tmp_path, need_tool, profile):
+    validate = need_tool("virt-xml-validate")
+    xml = render(profile, kernel=None, initrd=None, user_network=True)
+    path = tmp_path / "domain.xml"
+    path.write_text(xml)
+    done = subprocess.run([validate, str(path), "domain"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    root = ET.fromstring(xml)
+    assert root.find("./os/kernel") is None and root.find("./os/cmdline") is None
+    assert root.find("./os/boot").get("dev") == "hd"
+    assert root.find("./devices/interface").get("type") == "user"
+
+
+def test_the_offline_image_has_no_network():
+    root = ET.fromstring(render())
+    assert root.find("./devices/interface") is None
+    assert root.find("./os/boot") is None

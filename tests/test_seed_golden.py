@@ -7,19 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from lab import domain, kdumpconf, seed
+from lab import catalog, domain, kdumpconf, seed
 from lab import scenario as sc
 
 GOLDEN = Path(__file__).parent / "golden" / "seed"
+UBUNTU = catalog.load(catalog.paths.IMAGES / "catalog.toml")["ubuntu24.04"].guest
+RHEL = catalog.load(catalog.paths.IMAGES / "catalog.toml")["rocky9"].guest
 CASES = {
     # name: (guest, scenario, overrides)
     "offline-debian12-kdump": (seed.OFFLINE_DEBIAN, "kdump", []),
     "offline-debian12-gen1-kb2858695": (seed.OFFLINE_DEBIAN, "hyperv-kdump-kb2858695", []),
     "offline-debian12-gen1-timeout": (seed.OFFLINE_DEBIAN, "hyperv-kdump-timeout", []),
-    "ubuntu-kdump-tools-kdump": (seed.Guest("kdump-tools", "grub-reboot"), "kdump", []),
-    "rhel-dracut-kdump": (seed.Guest("dracut-kdump", "grub-reboot"), "kdump", ["kdump_cmdline_append=nr_cpus=1"]),
-    "rhel-dracut-kb2858695": (seed.Guest("dracut-kdump", "grub-reboot"), "hyperv-kdump-kb2858695", []),
-    "rhel-dracut-panic-reboot": (seed.Guest("dracut-kdump", "grub-reboot"), "panic-reboot", []),
+    "ubuntu-kdump-tools-kdump": (UBUNTU, "kdump", []),
+    "rhel-dracut-kdump": (RHEL, "kdump", ["kdump_cmdline_append=nr_cpus=1"]),
+    "rhel-dracut-kb2858695": (RHEL, "hyperv-kdump-kb2858695", []),
+    "rhel-dracut-panic-reboot": (RHEL, "panic-reboot", []),
 }
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the default guest offline from Debian's packages: no loop mounts, no network in the guest.
-# Usage: build.sh OUTDIR   (writes OUTDIR/disk.qcow2, OUTDIR/vmlinuz, OUTDIR/initrd.img, OUTDIR/kernel-version)
+# Usage: build.sh OUTDIR   (writes OUTDIR/disk.qcow2, OUTDIR/vmlinuz, OUTDIR/initrd.img, OUTDIR/kernel-version,
+#                           and OUTDIR/bootable.qcow2: the same tree on a partitioned disk that boots through grub)
 set -euo pipefail
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +27,18 @@ echo "$version" > "$out/kernel-version"
 step "ext4 filesystem from the tree (kernel $version)"
 truncate -s 3G "$out/disk.raw"
 mkfs.ext4 -q -L labroot -d "$rootfs" "$out/disk.raw"
+
+step "disk-bootable form: MBR, grub, the same tree on partition 1"
+truncate -s 3G "$out/bootable.raw"
+echo 'start=2048, type=83, bootable' | sfdisk -q "$out/bootable.raw"
+mkfs.ext4 -q -L labroot -E offset=$((2048 * 512)) -d "$rootfs" "$out/bootable.raw" 3071M
+# grub's boot sector (its first 440 bytes: the partition table stays), then its core image behind it.
+dd if="$rootfs/usr/lib/grub/i386-pc/boot.img" of="$out/bootable.raw" bs=440 count=1 conv=notrunc status=none
+dd if="$rootfs/boot/grub/i386-pc/core.img" of="$out/bootable.raw" bs=512 seek=1 conv=notrunc status=none
+qemu-img convert -O qcow2 "$out/bootable.raw" "$out/bootable.qcow2"
+chmod 0444 "$out/bootable.qcow2"
+rm -f "$out/bootable.raw"
+
 rm -rf "$rootfs"
 step "qcow2 base"
 qemu-img convert -O qcow2 "$out/disk.raw" "$out/disk.qcow2"

@@ -49,3 +49,27 @@ cp "$root/etc/kdump/sysctl.conf" "$kd/latest_sysctls-$version"
 for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service; do
   chroot "$root" systemctl mask "$unit" >/dev/null 2>&1 || true
 done
+
+# The disk-bootable form (build.sh writes bootable.qcow2 from this same tree) stands in for a
+# published cloud image: BIOS -> grub in the MBR -> the kernel command line from grub's config, which
+# the guest's own update-grub rewrites. grub-install needs a block device, so this does its part by
+# hand: the modules where grub looks for them, and a core image that finds them on partition 1.
+mkdir -p "$root/boot/grub" "$root/etc/default/grub.d"
+cp -r "$root/usr/lib/grub/i386-pc" "$root/boot/grub/"
+chroot "$root" grub-mkimage -O i386-pc -o /boot/grub/i386-pc/core.img -p '(hd0,msdos1)/boot/grub' \
+  biosdisk part_msdos ext2
+# What cloud images set: the serial console on the kernel command line, no menu delay, no "quiet".
+cat > "$root/etc/default/grub.d/50-cloudimg-settings.cfg" <<'CFG'
+GRUB_CMDLINE_LINUX_DEFAULT="console=tty1 console=ttyS0,115200"
+GRUB_TIMEOUT=0
+GRUB_TERMINAL=console
+CFG
+# The first boot's config, until the guest runs update-grub itself.
+cat > "$root/boot/grub/grub.cfg" <<CFG
+set timeout=0
+menuentry 'Debian GNU/Linux' {
+  insmod ext2
+  linux /boot/vmlinuz-$version root=LABEL=labroot ro console=tty1 console=ttyS0,115200
+  initrd /boot/initrd.img-$version
+}
+CFG
