@@ -234,10 +234,13 @@ def _reboot_for_crashkernel(console: Console, scenario: Scenario, top: Deadline,
     """A guest that boots through its own bootloader gets crashkernel= from cloud-init (grubby or
     update-grub) on its first boot; it takes effect after one reboot, which the lab does itself."""
     say("logged in; waiting for cloud-init, then rebooting once so that crashkernel= takes effect")
-    rc, _ = console.command("cloud-init status --wait >/dev/null 2>&1", top.child("cloud-init", PREFLIGHT_SECONDS))
+    # The seed's last runcmd step leaves the marker: then crashkernel= is in the bootloader's config.
+    console.command("until [ -e /run/panic-lab-configured ]; do sleep 1; done",
+                    top.child("cloud-init", PREFLIGHT_SECONDS))
+    rc, out = console.command('s=$(cloud-init status --long 2>&1); r=$?; echo "$s" | tail -n 3; test $r -eq 0',
+                              top.child("cloud-init-status", 30))
     if rc != 0:
-        _rc, out = console.command("cloud-init status --long 2>&1 | tail -n 3", top.child("cloud-init-status", 30))
-        say(f"warning: cloud-init reported errors (exit {rc}): {' '.join(out.split())[-200:]}")
+        say(f"warning: cloud-init reported errors: {' '.join(out.split())[-200:]}")
     console.new_events()   # a login prompt from before the reboot must not be taken for the next one
     host_event("crashkernel_reboot", "the lab reboots the guest once: crashkernel= is in its bootloader's config now")
     console.send("systemctl reboot\r")
