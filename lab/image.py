@@ -65,22 +65,22 @@ def known() -> list[str]:
     return [*RECIPES, *catalog.load()]
 
 
-def _published(name: str, path: Path) -> Image:
+def _published(e, path: Path) -> Image:
     from . import catalog
-    e = catalog.entry(name)
     with path.open("rb") as f:
         if f.read(4) != b"QFI\xfb":   # overlays are made with a qcow2 backing file
-            raise HostError("image", f"{name}: {path} is not a qcow2 image")
-    return Image(name, catalog.digest_of(e)[:16], path, None, None, "", e.guest)
+            raise HostError("image", f"{e.name}: {path} is not a qcow2 image")
+    return Image(e.name, catalog.digest_of(e)[:16], path, None, None, "", e.guest)
 
 
 def cached(name: str) -> Image | None:
     from . import catalog
     if name not in RECIPES:
-        if name not in catalog.load():
-            raise InputError("image", f"unknown image {name!r} (known: {', '.join(known())})")
-        path = catalog.cached(catalog.entry(name))
-        return _published(name, path) if path else None
+        entries = catalog.load()
+        if name not in entries:
+            raise InputError("image", f"unknown image {name!r} (known: {', '.join([*RECIPES, *entries])})")
+        path = catalog.cached(entries[name])
+        return _published(entries[name], path) if path else None
     return _load(name, recipe_key(name))
 
 
@@ -93,7 +93,7 @@ def ensure(name: str, log=sys.stderr) -> Image:
     if name not in RECIPES:
         from . import catalog
         print(f"image: {name} is not in the cache; pulling it", file=log, flush=True)
-        return _published(name, catalog.pull(name, log=log))
+        return _published(catalog.entry(name), catalog.pull(name, log=log))
     missing = [tool for tool in BUILD_TOOLS if not shutil.which(tool)]
     if missing:
         raise HostError("image", f"cannot build {name}: {', '.join(missing)} not installed (make setup)")
