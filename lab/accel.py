@@ -6,18 +6,21 @@ libvirt and QEMU accept for that accelerator, are cached per host kernel, QEMU a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import select
+import termios
 import time
-import uuid
+import tty
+import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import libvirt
 
-from . import paths
+from . import host, paths, signals
 from .errors import HostError
 
 PROBE_SECONDS = 20.0
@@ -76,8 +79,8 @@ def detect(conn: libvirt.virConnect, render) -> Accel:
     forced = os.environ.get("LAB_ACCEL")
     if forced and forced not in ("kvm", "tcg"):
         raise HostError("accel", f"LAB_ACCEL={forced!r}: expected kvm or tcg")
+    paths.owned_cache()
     cache = _cache_file(conn)
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
     # One probe at a time per host: two runs starting together must not both probe, nor read a half-written file.
     with paths.locked(Path(cache).parent):
         cached = {}
@@ -104,8 +107,18 @@ def detect(conn: libvirt.virConnect, render) -> Accel:
     return Accel(hyperv=tuple((n, a) for n, a in accepted), hyperv_rejected=rejected, probe=probe, **base)
 
 
-def _start_paused(conn, xml):
-    return conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+@contextlib.contextmanager
+def _probe_domain(conn, xml):
+    """A probe domain for the block, destroyed on any way out (autodestroy is the net under that)."""
+    with signals.held():
+        dom = host.create_paused(conn, xml)
+    try:
+        yield dom
+    finally:
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass
 
 
 def _probe_hyperv(conn, render, base) -> list[str]:
@@ -114,11 +127,10 @@ def _probe_hyperv(conn, render, base) -> list[str]:
     for name, attrs in HYPERV_WANTED:
         trial = [(n, a) for n, a in HYPERV_WANTED if n in accepted or n == name]
         try:
-            dom = _start_paused(conn, render(base, [{"name": n, "attrs": a} for n, a in trial], f"hvprobe-{name}"))
+            with _probe_domain(conn, render(base, [{"name": n, "attrs": a} for n, a in trial], f"hvprobe-{name}")):
+                accepted.append(name)
         except libvirt.libvirtError:
             continue
-        dom.destroy()
-        accepted.append(name)
     return accepted
 
 
@@ -126,39 +138,30 @@ def _probe_kvm(conn, render) -> tuple[str, str]:
     if not os.path.exists("/dev/kvm"):
         return "tcg", "no /dev/kvm"
     try:
-        dom = _start_paused(conn, render(KVM_BASE, [], "kvmprobe"))
+        with _probe_domain(conn, render(KVM_BASE, [], "kvmprobe")) as dom:
+            return _watch_kvm_probe(dom)
     except libvirt.libvirtError as exc:
         return "tcg", f"KVM domain did not start: {exc.get_error_message()[:120]}"
+
+
+def _watch_kvm_probe(dom) -> tuple[str, str]:
+    pty = ET.fromstring(dom.XMLDesc()).find("./devices/serial/source").get("path")
+    fd = os.open(pty, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     try:
-        import xml.etree.ElementTree as ET
-        pty = ET.fromstring(dom.XMLDesc()).find("./devices/serial/source").get("path")
-        fd = os.open(pty, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
-        try:
-            import termios
-            import tty
-            tty.setraw(fd, termios.TCSANOW)
-            dom.resume()
-            seen = b""
-            deadline = time.monotonic() + PROBE_SECONDS
-            while time.monotonic() < deadline:
-                ready, _, _ = select.select([fd], [], [], 0.5)
-                if ready:
-                    try:
-                        seen = (seen + os.read(fd, 65536))[-65536:]
-                    except BlockingIOError:
-                        continue
-                if PROBE_DONE in seen:
-                    return "kvm", f"KVM probe kernel reached panic-on-no-root in {PROBE_SECONDS - (deadline - time.monotonic()):.1f} s"
-            tail = seen.decode(errors="replace").strip().splitlines()[-1:] or ["<no output>"]
-            return "tcg", f"KVM probe kernel did not boot within {PROBE_SECONDS:.0f} s (last line: {tail[0][:80]})"
-        finally:
-            os.close(fd)
+        tty.setraw(fd, termios.TCSANOW)
+        dom.resume()
+        seen = b""
+        deadline = time.monotonic() + PROBE_SECONDS
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    seen = (seen + os.read(fd, 65536))[-65536:]
+                except BlockingIOError:
+                    continue
+            if PROBE_DONE in seen:
+                return "kvm", f"KVM probe kernel reached panic-on-no-root in {PROBE_SECONDS - (deadline - time.monotonic()):.1f} s"
+        tail = seen.decode(errors="replace").strip().splitlines()[-1:] or ["<no output>"]
+        return "tcg", f"KVM probe kernel did not boot within {PROBE_SECONDS:.0f} s (last line: {tail[0][:80]})"
     finally:
-        try:
-            dom.destroy()
-        except libvirt.libvirtError:
-            pass
-
-
-def probe_name(prefix: str) -> str:
-    return f"{paths.NAME_PREFIX}{prefix}-{uuid.uuid4().hex[:8]}"
+        os.close(fd)

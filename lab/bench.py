@@ -193,8 +193,8 @@ def _machine() -> dict:
 
 
 def main(argv=None) -> int:
-    from .cli import _terminate
-    signal.signal(signal.SIGTERM, _terminate)   # unwinds like Ctrl-C: the run in flight cleans up after itself
+    from . import signals
+    signals.install()   # SIGTERM and SIGHUP unwind like Ctrl-C: the run in flight cleans up after itself
     try:
         return _bench(argv)
     except KeyboardInterrupt as exc:

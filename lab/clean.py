@@ -1,9 +1,15 @@
-"""`lab clean`: remove what the lab made, recognised by name prefix and metadata, and nothing else."""
+"""`lab clean`: remove what the lab made, and nothing else.
+
+A domain is the lab's when its name has the lab's prefix and its metadata names an owner pid. A folder
+is the lab's when it carries the lab's mark (paths.MARK); inside the scratch folder, an entry is a run's
+when it carries its owner's pid. Anything of the lab's whose owner still runs is left, unless --force.
+"""
 from __future__ import annotations
 
 import os
 import shutil
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import libvirt
 
@@ -18,7 +24,8 @@ def _owner(dom: libvirt.virDomain) -> int | None:
         element = ET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, paths.METADATA_NS))
     except libvirt.libvirtError:
         return None
-    return int(element.get("owner") or 0)
+    owner = element.get("owner") or ""
+    return int(owner) if owner.isdigit() else None
 
 
 def _alive(pid: int) -> bool:
@@ -33,71 +40,100 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _Cleaner:
+    def __init__(self, force: bool):
+        self.force = force
+        self.done: list[str] = []
+
+    def may_take(self, what: str, owner: int) -> bool:
+        """The one owner check: a leftover (its lab process is gone) goes; a live run's thing stays."""
+        if _alive(owner) and not self.force:
+            self.done.append(f"left {what}: its lab run (pid {owner}) is still going")
+            return False
+        return True
+
+    def remove_tree(self, folder: Path, said: str) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        self.done.append(f"{said} {folder}")
+
+
 def clean(images: bool = False, force: bool = False, snapshots: bool = False) -> list[str]:
     """Remove lab domains and scratch whose lab process is gone (all of them with force)."""
-    done = []
+    c = _Cleaner(force)
     conn = host.connect()
+    try:
+        _domains(conn, c)
+    finally:
+        conn.close()
+    _scratch(c)
+    cache = paths.cache_dir()
+    if cache.exists() and not paths.is_marked(cache):
+        c.done.append(f"left the cache {cache}: it does not carry the lab's mark ({paths.MARK})")
+    elif cache.exists():
+        _cache(cache, c, images=images, snapshots=snapshots)
+    return c.done or ["nothing to clean"]
+
+
+def _domains(conn: libvirt.virConnect, c: _Cleaner) -> None:
     for dom in conn.listAllDomains():
         try:
             owner = _owner(dom)
-            if owner is None:
-                continue
-            name = dom.name()
-            if _alive(owner) and not force:
-                done.append(f"left {name}: its lab run (pid {owner}) is still going")
+            if owner is None or not c.may_take(dom.name(), owner):
                 continue
             persistent = dom.isPersistent()
             if dom.isActive():
                 dom.destroy()
             if persistent:
                 dom.undefine()
-            done.append(f"removed domain {name}")
+            c.done.append(f"removed domain {dom.name()}")
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # gone on its own meanwhile: fine
                 raise
+
+
+def _scratch(c: _Cleaner) -> None:
     work = paths.work_dir()
-    if work.exists():
-        for run in sorted(work.iterdir()):
-            pid_file = run / "owner.pid"
-            owner = int(pid_file.read_text().strip() or 0) if pid_file.exists() else 0
-            if _alive(owner) and not force:
-                done.append(f"left {run}: its lab run (pid {owner}) is still going")
-                continue
-            shutil.rmtree(run, ignore_errors=True)
-            done.append(f"removed run scratch {run}")
+    if not work.exists():
+        return
+    if not paths.is_marked(work):
+        c.done.append(f"left {work}: it does not carry the lab's mark ({paths.MARK})")
+        return
+    for entry in sorted(work.iterdir()):
+        if entry.name.startswith(paths.MARK):
+            continue
+        owner = paths.scratch_owner(entry)
+        if owner is None:
+            c.done.append(f"left {entry}: no owner mark ({paths.OWNER}), so not a lab run's")
+        elif c.may_take(str(entry), owner):
+            c.remove_tree(entry, "removed run scratch")
+
+
+def _cache(cache: Path, c: _Cleaner, images: bool, snapshots: bool) -> None:
     for leftover, owner, pgid in image.interrupted_builds():
-        if _alive(owner) and not force:
-            done.append(f"left {leftover}: its lab run (pid {owner}) is still building it")
+        if not c.may_take(str(leftover), owner):
             continue
         if pgid > 1:
             image.stop_builder(pgid)
         image.remove_build(leftover)
-        done.append(f"removed interrupted image build {leftover}")
-    snaps = paths.cache_dir() / "snapshots"
+        c.done.append(f"removed interrupted image build {leftover}")
+    snaps = cache / "snapshots"
     for unfinished in sorted(snaps.glob("*.tmp-*")) if snaps.exists() else []:
-        if _alive(int(unfinished.name.rsplit("-", 1)[-1])) and not force:
-            continue
-        shutil.rmtree(unfinished, ignore_errors=True)
-        done.append(f"removed unfinished snapshot {unfinished}")
+        pid = unfinished.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and c.may_take(str(unfinished), int(pid)):
+            c.remove_tree(unfinished, "removed unfinished snapshot")
     if snapshots and snaps.exists():
-        shutil.rmtree(snaps, ignore_errors=True)
-        done.append(f"removed snapshots {snaps}")
+        c.remove_tree(snaps, "removed snapshots")
     for part in catalog.partial_downloads():
         if part.is_dir():
             part.rmdir()
-            done.append(f"removed empty image folder {part} (a pull that got nothing)")
+            c.done.append(f"removed empty image folder {part} (a pull that got nothing)")
         else:
             part.unlink(missing_ok=True)
-            done.append(f"removed partial download {part} (a pull would have resumed it)")
-    image_root = paths.cache_dir() / "images"
-    if image_root.exists():
-        if images:
-            cloud = paths.cache_dir() / "cloud"
-            if cloud.exists():
-                shutil.rmtree(cloud, ignore_errors=True)
-                done.append(f"removed pulled images {cloud}")
-            for built in image_root.iterdir():
-                if built.is_dir() and not built.name.startswith("."):
-                    shutil.rmtree(built, ignore_errors=True)
-                    done.append(f"removed image {built}")
-    return done or ["nothing to clean"]
+            c.done.append(f"removed partial download {part} (a pull would have resumed it)")
+    image_root = cache / "images"
+    if images and image_root.exists():
+        if (cache / "cloud").exists():
+            c.remove_tree(cache / "cloud", "removed pulled images")
+        for built in image_root.iterdir():
+            if built.is_dir() and not built.name.startswith("."):
+                c.remove_tree(built, "removed image")

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 
-from . import paths
+from . import paths, signals
 from .errors import LabError
 
 
@@ -115,11 +114,6 @@ def _cmd_clean(args) -> int:
     return 0
 
 
-def _terminate(signum, _frame):
-    # SIGTERM unwinds like Ctrl-C, so every run's cleanup (domain, overlay, console) still happens.
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="also remove domains of lab runs still going")
     p.set_defaults(fn=_cmd_clean)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signals.install()   # SIGTERM and SIGHUP unwind like Ctrl-C: every run's teardown still happens
     try:
         return args.fn(args)
     except LabError as exc:

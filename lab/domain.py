@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 import libvirt
 
-from . import paths
+from . import host, paths, signals
 from .accel import Accel
 from .errors import HostError
 from .image import Image
@@ -91,10 +91,12 @@ class Domain:
     callbacks: list = field(default_factory=list)
     uri: str = ""   # kept apart from conn: a closed connection cannot tell its URI
     partitioned: bool = False   # a published image's disk: no bare filesystem for e2fsck to check
+    destroyed: bool = False
 
     def start_paused(self) -> None:
         try:
-            self.dom = self.conn.createXML(self.xml, libvirt.VIR_DOMAIN_START_PAUSED)
+            with signals.held():   # a signal now must not lose the handle of a domain that exists
+                self.dom = host.create_paused(self.conn, self.xml)
         except libvirt.libvirtError as exc:
             raise HostError("domain", f"libvirt refused to start {self.name}: {exc.get_error_message()}") from None
 
@@ -167,7 +169,8 @@ class Domain:
             except libvirt.libvirtError:
                 pass
         self.callbacks.clear()
-        if self.dom is not None:
+        if self.dom is not None and not self.destroyed:
+            self.destroyed = True   # once: a second teardown step must not try again
             try:
                 self.dom.destroy()
             except libvirt.libvirtError as exc:
@@ -196,9 +199,7 @@ class Domain:
 
 def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str) -> Domain:
     name = f"{paths.NAME_PREFIX}{run_id}"
-    workdir = paths.work_dir() / run_id
-    workdir.mkdir(parents=True)
-    (workdir / "owner.pid").write_text(f"{os.getpid()}\n")
+    workdir = paths.new_scratch(run_id)
     try:
         fmt = PROFILES[scenario.profile]["overlay_format"]
         overlay = workdir / f"disk.{fmt}"

@@ -59,6 +59,12 @@ def connect(target: str | None = None) -> libvirt.virConnect:
     return conn
 
 
+def create_paused(conn: libvirt.virConnect, xml: str) -> libvirt.virDomain:
+    """A transient domain, paused, that libvirt itself destroys when this connection closes (the lab
+    killed with -9, a dropped session): the net under the lab's own teardown."""
+    return conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY)
+
+
 def lost(conn: libvirt.virConnect) -> str | None:
     """Why libvirt closed this connection, or None while it is open."""
     return getattr(conn, "_lab_close_state", {}).get("lost")

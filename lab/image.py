@@ -98,8 +98,8 @@ def ensure(name: str, log=sys.stderr) -> Image:
     if missing:
         raise HostError("image", f"cannot build {name}: {', '.join(missing)} not installed (make setup)")
     key = recipe_key(name)
-    root = paths.cache_dir() / "images"
-    root.mkdir(parents=True, exist_ok=True)
+    root = paths.owned_cache() / "images"
+    root.mkdir(exist_ok=True)
     # The lock is the images folder itself: no lock file is left behind.
     with paths.locked(root):
         image = _load(name, key)  # another process may have built it while we waited
@@ -107,7 +107,8 @@ def ensure(name: str, log=sys.stderr) -> Image:
             return image
         started = time.monotonic()
         print(f"image: building {name} ({key}); about 2 minutes", file=log, flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=root))
+        # The owner's pid is in the name from the first moment: a concurrent `lab clean` leaves it alone.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-{os.getpid()}-", dir=root))
         try:
             _build(name, tmp, log)
             version = (tmp / "kernel-version").read_text().strip()
@@ -184,7 +185,10 @@ def interrupted_builds() -> list[tuple[Path, int, int]]:
             info = json.loads((tmp / BUILDER).read_text())
         except (OSError, ValueError):
             info = {}
-        found.append((tmp, int(info.get("owner", 0)), int(info.get("pgid", 0))))
+        named = tmp.name.split("-build-", 1)[1].split("-", 1)[0]
+        owner = int(info.get("owner") or (named if named.isdigit() else 0))
+        if owner:   # a folder without an owner in its name or file is not one the lab made: left alone
+            found.append((tmp, owner, int(info.get("pgid", 0))))
     return found
 
 

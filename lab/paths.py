@@ -1,10 +1,18 @@
-"""Where the lab reads its recipes and writes its cache, runs and artifacts."""
+"""Where the lab reads its recipes and writes its cache, runs and artifacts.
+
+Everything the lab may later delete lives in a folder that carries its mark (MARK), and each run's
+scratch carries its owner's pid from the moment it appears: `lab clean` deletes nothing else.
+"""
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import shutil
+import tempfile
 from pathlib import Path
+
+from .errors import HostError
 
 PROJECT = Path(__file__).resolve().parent.parent
 IMAGES = PROJECT / "images"
@@ -12,22 +20,96 @@ DOMAINS = PROJECT / "domains"
 
 NAME_PREFIX = "panic-lab-"
 METADATA_NS = "https://panic-lab.invalid/run/1"
+MARK = ".panic-lab"          # in a folder the lab created: `lab clean` may delete inside it
+OWNER = "owner.pid"          # in a run's scratch: the lab process that owns it
+NEW_SCRATCH = ".new-"        # a run's scratch while it is being made: .new-<pid>-<random>
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "panic-lab"
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("LAB_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "panic-lab")
-    return Path(base)
+    return Path(os.environ.get("LAB_CACHE_DIR") or _default_cache())
 
 
 def work_dir() -> Path:
     """Per-run scratch (overlays, seeds): removed when the run ends. LAB_WORK_DIR puts it elsewhere
-    (a Gen1 run copies the whole disk: about 1.3 GB)."""
-    return Path(os.environ.get("LAB_WORK_DIR") or cache_dir() / "runs")
+    (a Gen1 run copies the whole disk: about 1.3 GB), in a folder of its own that the lab creates there."""
+    base = os.environ.get("LAB_WORK_DIR")
+    return Path(base) / "panic-lab" if base else cache_dir() / "runs"
 
 
 def results_dir() -> Path:
     return Path(os.environ.get("LAB_RESULTS_DIR") or (PROJECT / "results"))
+
+
+def is_marked(folder: Path) -> bool:
+    return (folder / MARK).is_file()
+
+
+def claim(folder: Path, adopt: bool = False) -> Path:
+    """Make `folder` the lab's: it appears with the mark already inside (made aside, then renamed into
+    place), so no one ever sees it unmarked. An existing unmarked folder is refused, unless it is empty
+    or `adopt` (a path whose very name is the lab's) says it may be marked where it stands."""
+    if is_marked(folder):
+        return folder
+    if adopt and folder.is_dir():
+        _write_mark(folder)
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}{NEW_SCRATCH}", dir=folder.parent))
+    try:
+        _write_mark(tmp)
+        try:
+            os.rename(tmp, folder)   # replaces an empty folder; fails on a non-empty one
+        except OSError:
+            if not is_marked(folder):   # another lab process may have won the race: then it is ours too
+                raise HostError("scratch", f"{folder} exists and is not the lab's (no {MARK} in it); "
+                                           "move it away or point the lab elsewhere") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _write_mark(folder: Path) -> None:
+    tmp = folder / f"{MARK}.tmp-{os.getpid()}"
+    tmp.write_text("made by panic-lab: `lab clean` may remove what it made in here\n")
+    os.replace(tmp, folder / MARK)
+
+
+def owned_cache() -> Path:
+    """The cache, marked as the lab's; called by everything that writes into it."""
+    return claim(cache_dir(), adopt=not os.environ.get("LAB_CACHE_DIR"))
+
+
+def new_scratch(run_id: str) -> Path:
+    """A run's scratch folder, with its owner's pid in it from the first moment it exists."""
+    if os.environ.get("LAB_WORK_DIR"):
+        root = claim(work_dir())
+    else:   # the cache's own runs folder: the cache is the lab's, so is this
+        owned_cache()
+        root = claim(work_dir(), adopt=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{NEW_SCRATCH}{os.getpid()}-", dir=root))
+    (tmp / OWNER).write_text(f"{os.getpid()}\n")
+    try:
+        os.rename(tmp, root / run_id)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise HostError("scratch", f"{root / run_id} already exists") from None
+    return root / run_id
+
+
+def scratch_owner(entry: Path) -> int | None:
+    """The pid that owns an entry of the scratch folder, or None if it carries no owner mark."""
+    if entry.name.startswith(NEW_SCRATCH):
+        pid = entry.name[len(NEW_SCRATCH):].split("-", 1)[0]
+        return int(pid) if pid.isdigit() else None
+    try:
+        text = (entry / OWNER).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 @contextlib.contextmanager

@@ -198,7 +198,8 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
 
 def _ensure_snapshot(conn, scenario: Scenario, image, accel, snap, say) -> None:
     """Boot the configuration once, to ready, and save it; under a lock, so it is made once."""
-    snapshot_mod.root().mkdir(parents=True, exist_ok=True)
+    paths.owned_cache()
+    snapshot_mod.root().mkdir(exist_ok=True)
     with paths.locked(snapshot_mod.root()):
         if snap.ready():
             return
@@ -249,9 +250,7 @@ def _reboot_for_crashkernel(console: Console, scenario: Scenario, top: Deadline,
 
 def _restore(conn, snap, run_id: str):
     from .seed import Seed
-    workdir = paths.work_dir() / run_id
-    workdir.mkdir(parents=True)
-    (workdir / "owner.pid").write_text(f"{os.getpid()}\n")
+    workdir = paths.new_scratch(run_id)
     try:
         libvirt_dom, overlay, xml = snapshot_mod.restore(conn, snap, workdir, run_id)
         name = libvirt_dom.name()

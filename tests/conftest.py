@@ -1,6 +1,5 @@
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -11,13 +10,11 @@ sys.path.insert(0, str(ROOT))
 CORPUS = Path(os.environ.get("LAB_CORPUS") or ROOT.parent / "shared" / "corpus")
 
 
-def _terminate(signum, _frame):
-    # A CI job stopped with SIGTERM unwinds like Ctrl-C, so a live run still destroys its domain.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def pytest_configure(config):
-    signal.signal(signal.SIGTERM, _terminate)
+    # A CI job stopped with SIGTERM (or its terminal closed) unwinds like Ctrl-C: a live run still
+    # destroys its domain.
+    from lab import signals
+    signals.install()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,7 @@ import libvirt
 import pytest
 
 from lab import clean, domain, host, image, paths
+from lab.errors import LabError
 
 pytestmark = pytest.mark.live
 
@@ -42,11 +43,10 @@ def test_clean_takes_only_leftovers_of_the_lab():
     running = start(conn, f"{paths.NAME_PREFIX}running-{tag}", True, living)
     lookalike = start(conn, f"{paths.NAME_PREFIX}not-ours-{tag}", False, dead)
     foreign = start(conn, f"someone-else-{tag}", True, dead)
-    scratch_dead = paths.work_dir() / f"leftover-{tag}"
-    scratch_live = paths.work_dir() / f"running-{tag}"
+    scratch_dead = paths.new_scratch(f"leftover-{tag}")
+    scratch_live = paths.new_scratch(f"running-{tag}")
     for where, pid in ((scratch_dead, dead), (scratch_live, living)):
-        where.mkdir(parents=True)
-        (where / "owner.pid").write_text(f"{pid}\n")
+        (where / paths.OWNER).write_text(f"{pid}\n")
     try:
         said = clean.clean()
         names = {d.name() for d in conn.listAllDomains()}
@@ -62,3 +62,63 @@ def test_clean_takes_only_leftovers_of_the_lab():
                 dom.destroy()
             except libvirt.libvirtError:
                 pass
+
+
+def test_clean_never_deletes_a_folder_it_did_not_make(tmp_path, monkeypatch):
+    """LAB_WORK_DIR may be a folder of the user's: `lab clean` deletes only inside the lab's own marked
+    folder there, and only what carries a run's owner mark."""
+    monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path))
+    thesis = tmp_path / "my-thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("months of work\n")
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    scratch = paths.new_scratch(f"leftover-{uuid.uuid4().hex[:6]}")
+    (scratch / paths.OWNER).write_text(f"{dead_pid()}\n")
+    unmarked = paths.work_dir() / "someone-put-this-here"
+    unmarked.mkdir()
+
+    said = clean.clean()
+
+    assert (thesis / "chapter1.tex").read_text() == "months of work\n"
+    assert (tmp_path / "notes.txt").exists()
+    assert not scratch.exists(), said
+    assert unmarked.exists()
+    assert any("someone-put-this-here" in line and "no owner mark" in line for line in said)
+
+
+def test_scratch_is_marked_from_the_moment_it_exists(tmp_path, monkeypatch):
+    """A run's scratch appears with its owner inside it (made aside, renamed into place), and one still
+    being made is named after its owner: a concurrent `lab clean` never sees an unowned run folder."""
+    monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path))
+    scratch = paths.new_scratch("a-run")
+    assert paths.is_marked(paths.work_dir())
+    assert paths.scratch_owner(scratch) == os.getpid()
+    being_made = paths.work_dir() / f"{paths.NEW_SCRATCH}{os.getppid()}-x1y2"
+    being_made.mkdir()
+    abandoned = paths.work_dir() / f"{paths.NEW_SCRATCH}{dead_pid()}-z3w4"
+    abandoned.mkdir()
+    try:
+        clean.clean()
+        assert being_made.exists() and not abandoned.exists()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_an_unmarked_folder_in_the_way_is_refused_not_taken(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path))
+    (tmp_path / "panic-lab").mkdir()
+    (tmp_path / "panic-lab" / "data.csv").write_text("1,2\n")
+    with pytest.raises(LabError, match="is not the lab's"):
+        paths.new_scratch("a-run")
+    assert sorted(p.name for p in (tmp_path / "panic-lab").iterdir()) == ["data.csv"]
+
+
+def test_a_cache_without_the_mark_is_left_alone(tmp_path, monkeypatch):
+    """LAB_CACHE_DIR pointed at a folder of the user's: even --images --snapshots deletes nothing there."""
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path / "work"))
+    for sub in ("images/photos", "snapshots/holiday", "cloud/x"):
+        (tmp_path / sub).mkdir(parents=True)
+    said = clean.clean(images=True, snapshots=True, force=True)
+    assert all((tmp_path / sub).exists() for sub in ("images/photos", "snapshots/holiday", "cloud/x")), said
+    assert any("does not carry the lab's mark" in line for line in said)
