@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,17 @@ def _scenarios(args) -> list:
     return [sc.with_overrides(s, overrides) for s in chosen] if overrides else chosen
 
 
+def _check_writable(root: Path) -> None:
+    """The results folder can be made (or written) here: checked before anything is contacted or created."""
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise LabError("results", f"cannot create {root}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise LabError("results", f"cannot create {root}: {probe} is not writable")
+
+
 def _cmd_run(args) -> int:
     import time
     import uuid
@@ -31,10 +43,14 @@ def _cmd_run(args) -> int:
     if args.parallel is not None and not 1 <= args.parallel <= 16:
         raise LabError("run", f"--parallel {args.parallel} is outside 1..16")
     parallel = args.parallel or runner.default_parallel(scenarios)
-    host.connect().close()   # libvirt must answer before a results folder is made
     root = Path(args.results) if args.results else paths.results_dir()
+    _check_writable(root)
+    host.connect().close()   # libvirt must answer before a results folder is made
     folder = root / f"lab-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    folder.mkdir(parents=True)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise LabError("results", f"cannot create {folder}: {exc.strerror}") from None
     runs = sum(s.repeat for s in scenarios)
     print(f"lab: {runs} run(s), {parallel} at a time; results in {folder}", file=sys.stderr, flush=True)
     started = time.monotonic()

@@ -17,6 +17,7 @@ from .transcript import Event, Transcript
 
 LOGIN_RESULT = re.compile(r"root@[^:\s]+:[^\n]*# ?$|Login incorrect", re.M)
 KEY_VALUE = re.compile(r"^lab:([\w.-]+)=(.*)$")
+CONSOLE_BUSY = rb"[Aa]ctive console session exists"   # virsh, when another viewer holds the console
 
 
 class ConsoleClosed(HostError):
@@ -38,18 +39,28 @@ class Console:
         self.text = ""          # the recent console text, for prompt and command matching
         self._dropped = 0       # characters trimmed from the front of self.text
         self._events_seen = 0
+        self.took_over = False  # attached with --force: another viewer was detached
 
     # -- plumbing -------------------------------------------------------------------------------
     def attach(self, deadline: Deadline) -> None:
-        self.child = pexpect.spawn("virsh", ["-c", self.uri, "console", self.domain_name, "--force"],
-                                   encoding=None, echo=False, timeout=None)
-        try:
-            # virsh's own banner; guest bytes start only after the domain is resumed.
-            self.child.expect(rb"Escape character is [^\n]*\n", timeout=max(deadline.remaining(), 0.1))
-        except (pexpect.TIMEOUT, pexpect.EOF):
-            said = (self.child.before or b"").decode(errors="replace").strip()
-            self.close()
-            raise HostError("console", f"virsh console did not attach to {self.domain_name}: {said[:200] or 'no output'}") from None
+        """Attach to the domain's serial console. Only if someone else holds it is it taken over
+        (--force detaches them), and the report says so."""
+        for force in (False, True):
+            self.child = pexpect.spawn("virsh", ["-c", self.uri, "console", self.domain_name] + (["--force"] if force else []),
+                                       encoding=None, echo=False, timeout=None)
+            try:
+                # virsh's own banner; guest bytes start only after the domain is resumed.
+                found = self.child.expect([rb"Escape character is [^\n]*\n", CONSOLE_BUSY],
+                                          timeout=max(deadline.remaining(), 0.1))
+            except (pexpect.TIMEOUT, pexpect.EOF):
+                said = (self.child.before or b"").decode(errors="replace").strip()
+                self._stop()
+                raise HostError("console", f"virsh console did not attach to {self.domain_name}: {said[:200] or 'no output'}") from None
+            if found == 0:
+                self.took_over = force
+                return
+            self._stop()   # virsh's refusal is not guest output: nothing of it goes to the transcript
+        raise HostError("console", f"the console of {self.domain_name} stays busy even with --force")
 
     def pump(self, timeout: float) -> list[Event]:
         """Read what the console has (waiting at most `timeout`), log it, return the new marker events."""
@@ -61,7 +72,7 @@ class Console:
             # virsh console does not notice a libvirtd restart: it just stops delivering.
             raise HostError("host", f"the libvirt connection closed: {lost}")
         try:
-            data = self.child.read_nonblocking(65536, timeout=max(timeout, 0.01))
+            data = self._read(timeout)
         except pexpect.TIMEOUT:
             return []
         except pexpect.EOF:
@@ -72,6 +83,14 @@ class Console:
             self._dropped += len(self.text) - 131072
             self.text = self.text[-131072:]
         return events
+
+    def _read(self, timeout: float) -> bytes:
+        # Bytes that pexpect's expect() read past its match wait in its buffer, not in the pty.
+        buffered = self.child.buffer
+        if buffered:
+            self.child.buffer = self.child.string_type()
+            return buffered
+        return self.child.read_nonblocking(65536, timeout=max(timeout, 0.01))
 
     def new_events(self) -> list[Event]:
         events = self.transcript.reader.events[self._events_seen:]
@@ -95,6 +114,18 @@ class Console:
         return self._dropped + len(self.text)
 
     def close(self) -> None:
+        """Stop virsh console, keeping whatever it had already read: no console byte is lost."""
+        if self.child is None:
+            return
+        try:
+            for _ in range(64):   # bounded: a guest that keeps printing must not hold the teardown
+                self.transcript.write(self._read(0.05))
+        except (pexpect.TIMEOUT, pexpect.EOF, OSError, LabError):
+            pass
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
         if self.child is not None:
             self.child.close(force=True)
             self.child = None

@@ -112,6 +112,13 @@ def scratch_owner(entry: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def private_file(path: Path, text: str) -> None:
+    """A file only its owner can read, from its first byte (the seed's user-data holds a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 @contextlib.contextmanager
 def locked(folder: Path):
     """An exclusive flock on a folder itself, held for the block: no lock file is left behind."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -188,6 +189,15 @@ def _excerpt(report: dict, lines: int = 40) -> str:
     return "\n".join(text[max(0, end - lines):end])
 
 
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_safe(text: str) -> str:
+    """Console text as XML 1.0 may carry it: a control character (ESC in every colour code) is
+    written as its \\xNN escape, so the file stays well-formed and the reader still sees it."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
 def junit(reports: list[dict], invocation: str) -> str:
     """One testcase per run; stage timings as properties; a transcript excerpt in each failure."""
     from xml.etree import ElementTree as ET
@@ -206,13 +216,14 @@ def junit(reports: list[dict], invocation: str) -> str:
                           [(f"seconds_from_panic.{k}", v) for k, v in _stage_times(r).items()]:
             ET.SubElement(props, "property", name=key, value=str(value))
         if r.get("cut_short"):
-            error = ET.SubElement(case, "error", message=str(r["cut_short"].get("why")), type=str(r["cut_short"].get("by")))
-            error.text = _excerpt(r)
+            error = ET.SubElement(case, "error", message=_xml_safe(str(r["cut_short"].get("why"))),
+                                  type=str(r["cut_short"].get("by")))
+            error.text = _xml_safe(_excerpt(r))
         elif r.get("expectation_met") is False:
             failure = ET.SubElement(case, "failure", type="verdict",
-                                    message=f"expected {r['scenario'].get('expect')}, got {r['verdict']}: {r.get('diagnosis')}")
-            failure.text = _excerpt(r)
-        ET.SubElement(case, "system-out").text = r.get("diagnosis") or r.get("error") or ""
+                                    message=_xml_safe(f"expected {r['scenario'].get('expect')}, got {r['verdict']}: {r.get('diagnosis')}"))
+            failure.text = _xml_safe(_excerpt(r))
+        ET.SubElement(case, "system-out").text = _xml_safe(r.get("diagnosis") or r.get("error") or "")
     ET.indent(suite)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 

@@ -17,11 +17,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+import libvirt
 
 from . import accel as accel_mod
 from . import domain as domain_mod
-from . import host, image as image_mod, kdumpconf, paths, report as report_mod
+from . import host, image as image_mod, kdumpconf, paths, report as report_mod, signals
 from . import snapshot as snapshot_mod
 from .console import CANCEL, Console, ConsoleClosed
 from .deadline import Deadline
@@ -77,13 +79,23 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
     first cold boot if there is none) instead of booting it."""
     t0 = time.monotonic()
     timings = Timings()
+    with timings.measure("connect"):
+        conn = host.connect()
+    try:
+        return _run(conn, scenario, results, log, snapshot, t0, timings)
+    finally:
+        try:
+            conn.close()   # libvirt destroys any domain this connection still holds (autodestroy)
+        except libvirt.libvirtError:
+            pass   # libvirtd went away: nothing left to close
+
+
+def _run(conn, scenario: Scenario, results: Path, log, snapshot: bool, t0: float, timings: Timings) -> dict:
     run_id = new_run_id(scenario)
     artifacts = results / run_id
     top = Deadline("run", RUN_SECONDS)
     say = lambda msg: _say(log, run_id, t0, msg)  # noqa: E731
-
-    with timings.measure("connect"):
-        conn = host.connect()
+    uri = conn.getURI()
     image = image_mod.ensure(scenario.image, log=log)   # a build, when needed, is not lab overhead
     warnings = kdumpconf.lint(kdumpconf.CONFIGS[scenario.kdump_config], image.guest.flavour)
     for warning in warnings:
@@ -108,7 +120,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
         try:
             artifacts.mkdir(parents=True)
             (artifacts / "domain.xml").write_text(dom.xml)
-            (artifacts / "user-data").write_text(dom.seed.user_data)
+            paths.private_file(artifacts / "user-data", dom.seed.user_data)   # it holds the guest's root password
             (artifacts / "meta-data").write_text(dom.seed.meta_data)
             transcript = Transcript(artifacts)
         except OSError as exc:
@@ -125,7 +137,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
         with lock:
             transcript.annotate(kind, text)
 
-    console = Console(conn.getURI(), dom.name, transcript, host_lost=lambda: host.lost(conn))
+    console = Console(uri, dom.name, transcript, host_lost=lambda: host.lost(conn))
     facts: dict = {"preflight": {}, "vmcore": {}}
     cut_short = None
     shut_down_cleanly = False
@@ -174,19 +186,25 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
     except LabError as exc:
         cut_short = {"by": "host" if isinstance(exc, HostError) else "lab", "why": str(exc)}
         say(f"cut short: {exc}")
+    except Exception as exc:   # libvirt, the OS: still this run's host error, never the whole invocation's
+        cut_short = {"by": "host", "why": f"host: {type(exc).__name__}: {exc}"}
+        say(f"cut short: {cut_short['why']}")
     finally:
-        with timings.measure("teardown"):
-            console.close()
-            dom.destroy()
-            facts["disk_check"] = dom.check_disk(shut_down_cleanly)
-            dom.remove_files()
-            transcript.close()
-            turn.close()
+        with timings.measure("teardown"), signals.teardown():
+            disk_check: dict = {}
+            run_each([("console", console.close),
+                      ("destroy", dom.destroy),
+                      ("disk check", lambda: disk_check.update(dom.check_disk(shut_down_cleanly))),
+                      ("scratch", dom.remove_files),
+                      ("transcript", transcript.close),
+                      ("snapshot lock", turn.close)])
+            facts["disk_check"] = disk_check
         if cut_short and cut_short["by"] == "user":
             report_mod.write(artifacts, _partial(scenario, run_id, accel, image, cut_short))
     with timings.measure("classify"):
         verdict = derive(transcript.events())
-    report = report_mod.build(uri=conn.getURI(), run_id=run_id, scenario=scenario, accel=accel, image=image, verdict=verdict,
+    facts["console"] = {"took_over_from_another_viewer": console.took_over}
+    report = report_mod.build(uri=uri, run_id=run_id, scenario=scenario, accel=accel, image=image, verdict=verdict,
                               facts=facts, transcript=transcript, artifacts=artifacts, timings=timings.lab,
                               wall=time.monotonic() - t0, cut_short=cut_short)
     report["warnings"] = warnings
@@ -225,10 +243,9 @@ def _ensure_snapshot(conn, scenario: Scenario, image, accel, snap, say) -> None:
             shutil.copy(transcript.path, snap.folder / "boot-console.log")   # the snapshot's boot, kept
             say(f"snapshot {snap.folder.name} saved (armed: {facts.get('kexec_crash_loaded') == '1'})")
         finally:
-            console.close()
-            dom.destroy()
-            transcript.close()
-            dom.remove_files()
+            with signals.teardown():
+                run_each([("console", console.close), ("destroy", dom.destroy),
+                          ("transcript", transcript.close), ("scratch", dom.remove_files)])
 
 
 def _reboot_for_crashkernel(console: Console, scenario: Scenario, top: Deadline, say, host_event) -> None:
@@ -246,6 +263,19 @@ def _reboot_for_crashkernel(console: Console, scenario: Scenario, top: Deadline,
     host_event("crashkernel_reboot", "the lab reboots the guest once: crashkernel= is in its bootloader's config now")
     console.send("systemctl reboot\r")
     console.login(top.child("boot-after-reboot", scenario.boot_seconds))
+
+
+def run_each(steps: list[tuple[str, Callable[[], object]]]) -> None:
+    """Teardown: every step runs, whatever the ones before it did; the first failure is raised at the
+    end, naming its step."""
+    failed: HostError | None = None
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:   # noqa: BLE001 - the next step must run all the same
+            failed = failed or HostError("teardown", f"{name}: {exc}")
+    if failed:
+        raise failed
 
 
 def _restore(conn, snap, run_id: str):
@@ -458,14 +488,18 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.st
     budget = MemoryBudget(_available_mib())
     log = Board(log) if len(runs) > 1 else log
 
+    CANCEL.clear()   # a cancelled earlier invocation in this process must not stop this one
+
     def one(scenario: Scenario) -> dict:
         with budget.reserve(HOST_MIB_PER_GUEST_MIB * scenario.memory_mib):
             try:
                 return run(scenario, results, log, snapshot=snapshot)
-            except LabError as exc:
-                print(f"lab: {scenario.name}: {exc}", file=log, flush=True)
-                return {"scenario": dataclasses.asdict(scenario), "error": str(exc), "verdict": None,
-                        "expectation_met": False if scenario.expect else None, "cut_short": {"by": exc.stage, "why": str(exc)}}
+            except Exception as exc:   # one run's failure is that run's error; the others go on
+                error = exc if isinstance(exc, LabError) else HostError("host", f"{type(exc).__name__}: {exc}")
+                print(f"lab: {scenario.name}: {error}", file=log, flush=True)
+                return {"scenario": dataclasses.asdict(scenario), "error": str(error), "verdict": None,
+                        "expectation_met": False if scenario.expect else None,
+                        "cut_short": {"by": error.stage, "why": str(error)}}
     if parallel <= 1:
         return [one(s) for s in runs]
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lab-run")
@@ -476,7 +510,9 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.st
         CANCEL.set()   # the workers stop at their next console read and clean up
         for f in futures:
             f.cancel()
-        pool.shutdown(wait=True)
+        with signals.teardown():
+            pool.shutdown(wait=True)
         raise
     finally:
         pool.shutdown(wait=True)
+        CANCEL.clear()

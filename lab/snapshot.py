@@ -81,7 +81,7 @@ def save(conn: libvirt.virConnect, dom: libvirt.virDomain, overlay: Path, seed_i
                                                                            str(seed_iso): str(snap.folder / "seed.iso")})
         conn.saveImageDefineXML(str(tmp / "state.save"), xml)
         os.chmod(disk, 0o444)   # repeats write to their own overlays or copies
-        (tmp / "user-data").write_text(user_data)
+        paths.private_file(tmp / "user-data", user_data)
         (tmp / "ready.json").write_text(json.dumps({"disk": disk.name, "facts": facts}, indent=2))
         tmp.rename(snap.folder)
     except BaseException:
