@@ -20,7 +20,7 @@ from pathlib import Path
 
 import libvirt
 
-from . import host, paths, signals
+from . import host, paths, profiles, signals
 from .errors import HostError
 
 PROBE_SECONDS = 20.0
@@ -74,8 +74,10 @@ def cached_choice(conn: libvirt.virConnect) -> str | None:
         return None
 
 
-def detect(conn: libvirt.virConnect, render) -> Accel:
-    """`render(accel_dict, hyperv) -> xml` builds a disk-less probe domain from the real template."""
+def detect(conn: libvirt.virConnect, probe_kernel) -> Accel:
+    """`probe_kernel()` gives the kernel a probe boots (asked for only when a probe really runs); the
+    probe's disk-less domain renders from the real template."""
+    render = profiles.probe_renderer(probe_kernel, profiles.run_as_root(conn))
     forced = os.environ.get("LAB_ACCEL")
     if forced and forced not in ("kvm", "tcg"):
         raise HostError("accel", f"LAB_ACCEL={forced!r}: expected kvm or tcg")

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import signal
 import statistics
 import subprocess
@@ -15,8 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import paths, runner, transcript
+from . import batch, budget, paths, runner, transcript
 from . import scenario as sc
+from .vocabulary import HostEvent
 
 CORPUS = paths.PROJECT.parent / "shared" / "corpus"
 
@@ -107,14 +107,14 @@ def _stage_medians(reports: list[dict]) -> dict:
 def hang_declaration(report: dict) -> dict | None:
     """For a run that stalled: how long after its last stage the lab declared it stuck, against the deadline
     it had, and how long the verdict then waited on the teardown."""
-    stall = next((e for e in report["host_events"] if e["kind"] == "stall"), None)
+    stall = next((e for e in report["host_events"] if e["kind"] == HostEvent.STALL), None)
     if stall is None or not report["stages"]:
         return None
     last = report["stages"][-1]
-    m = re.search(r"deadline (\d+) s", stall["text"])
+    deadline = stall.get("deadline_s")
     after = stall["t"] - last["t"]
-    return {"stage": last["name"], "deadline_s": int(m.group(1)) if m else None, "declared_after_s": round(after, 3),
-            "over_deadline_s": round(after - int(m.group(1)), 3) if m else None,
+    return {"stage": last["name"], "deadline_s": deadline, "declared_after_s": round(after, 3),
+            "over_deadline_s": round(after - deadline, 3) if deadline is not None else None,
             "then_teardown_s": report["timings"]["teardown_seconds"]}
 
 
@@ -158,14 +158,14 @@ def bench_snapshot(runs: int, results: Path, name: str = "kdump") -> dict:
 def bench_matrix(runs: int, results: Path, snapshot: bool) -> dict:
     """The seed matrix, as `lab run` runs it (default parallelism), with a warm cache."""
     scenarios = [sc.resolve(n) for n in SEED_MATRIX]
-    parallel = runner.default_parallel(scenarios)
+    parallel = batch.default_parallel(scenarios)
     if snapshot:   # warm: every snapshot made before the clock starts
         for s in scenarios:
             runner.run(s, results, snapshot=True)
     walls = []
     for _ in range(runs):
         started = time.monotonic()
-        reports = runner.run_many(scenarios, results, parallel, snapshot=snapshot)
+        reports = batch.run_many(scenarios, results, parallel, snapshot=snapshot)
         walls.append(time.monotonic() - started)
     return {"scenarios": list(SEED_MATRIX), "parallel": parallel, "snapshot": snapshot, "runs": runs,
             "wall_seconds_median": _median(walls), "verdicts_last": [r["verdict"] for r in reports]}
@@ -178,7 +178,7 @@ def bench_parallel(runs: int, results: Path, name: str = "panic-reboot") -> dict
         walls, each = [], []
         for _ in range(runs):
             started = time.monotonic()
-            reports = runner.run_many([sc.resolve(name)] * n, results, n)
+            reports = batch.run_many([sc.resolve(name)] * n, results, n)
             walls.append(time.monotonic() - started)
             each += [r["timings"]["wall_seconds"] for r in reports]
         out[str(n)] = {"batch_wall_median": _median(walls), "run_wall_median": _median(each),
@@ -189,7 +189,7 @@ def bench_parallel(runs: int, results: Path, name: str = "panic-reboot") -> dict
 def _machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     return {"node": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(), "cpu": model,
-            "mem_available_mib": runner._available_mib()}
+            "mem_available_mib": budget.available_mib()}
 
 
 def main(argv=None) -> int:

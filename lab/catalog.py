@@ -2,15 +2,20 @@
 
 Part of stage 1, image. A pull is resumable (HTTP Range on a .part file), verified against the
 project's own checksum file (or a pinned digest) before anything counts as cached, and safe when two
-run at once (an flock on the image's cache folder: the second waits, then finds it done).
+run at once (an flock on the image's cache folder: the second waits, then finds it done). A verified
+download is then inspected with qemu-img: a checksum says the bytes are the published ones, not that
+the image stands alone.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import http.client
+import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 import tomllib
@@ -21,7 +26,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import HostError, InputError
-from .seed import Guest
+from .guest import Guest
 
 KEYS = {"url", "sha256", "checksum_url", "checksum_entry", "checksum_algo", "family", "kdump", "user", "crashkernel",
         "packages"}
@@ -30,6 +35,10 @@ FAMILIES = {"rhel": "dracut-kdump", "debian": "kdump-tools"}
 CRASHKERNEL_WAYS = ("grub-reboot",)
 CHUNK = 1 << 20
 TIMEOUT = 30   # seconds without a byte before a download counts as stalled
+# A catalog name names the image's cache folder and is a --image value: no "/", no "..", no leading dot.
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+URL = re.compile(r"https?://[\x21-\x7e]+")   # printable ASCII without spaces: no newline gets into a request
+QCOW2_MAGIC = b"QFI\xfb"
 
 
 @dataclass(frozen=True)
@@ -61,41 +70,77 @@ def catalog_path() -> Path:
 
 def load(path: Path | None = None) -> dict[str, Entry]:
     path = path or catalog_path()
+    shown = _shown(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))   # TOML is UTF-8, whatever the locale
     except OSError as exc:
-        raise InputError("catalog", f"cannot read {path}: {exc.strerror}") from None
+        raise InputError("catalog", f"cannot read {shown}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError("catalog", f"{shown}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): "
+                                    "a catalog is TOML") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InputError("catalog", f"{path}: malformed TOML: {exc}") from None
+        raise InputError("catalog", f"{shown}: malformed TOML: {exc}") from None
+    except RecursionError:   # tomllib recurses once per nested array or inline table
+        raise InputError("catalog", f"{shown}: malformed TOML: arrays or tables nested too deeply") from None
     entries = {}
     for name, raw in data.items():
-        where = f"{path}: [{name}]"
+        if not NAME.fullmatch(name) or ".." in name:
+            raise InputError("catalog", f"{shown}: [{_show(name)}]: a catalog name is 1 to 64 lowercase letters, digits, "
+                                        "dots, dashes and underscores, without '..' (it names a cache folder)")
+        where = f"{shown}: [{name}]"
         if not isinstance(raw, dict):
             raise InputError("catalog", f"{where}: expected a table")
         unknown = sorted(set(raw) - KEYS)
         if unknown:
-            raise InputError("catalog", f"{where}: unknown key {unknown[0]!r}")
+            raise InputError("catalog", f"{where}: unknown key {_show(unknown[0])}")
         for key in ("url", "family", "kdump", "user", "crashkernel"):
             if key not in raw:
                 raise InputError("catalog", f"{where}: missing key {key!r}")
+        for key in sorted(set(raw) - {"packages"}):
+            if not isinstance(raw[key], str):
+                raise InputError("catalog", f"{where}: {key} = {_show(raw[key])}: expected a string")
         if raw["family"] not in FAMILIES:
-            raise InputError("catalog", f"{where}: family {raw['family']!r} is not one of {', '.join(FAMILIES)}")
+            raise InputError("catalog", f"{where}: family {_show(raw['family'])} is not one of {', '.join(FAMILIES)}")
         if raw["kdump"] != FAMILIES[raw["family"]]:
-            raise InputError("catalog", f"{where}: kdump {raw['kdump']!r} does not go with family {raw['family']}")
+            raise InputError("catalog", f"{where}: kdump {_show(raw['kdump'])} does not go with family {raw['family']}")
         if not raw.get("sha256") and not (raw.get("checksum_url") and raw.get("checksum_entry")):
             raise InputError("catalog", f"{where}: needs sha256, or checksum_url and checksum_entry")
         if raw.get("checksum_algo", "sha256") not in ("sha256", "sha512"):
             raise InputError("catalog", f"{where}: checksum_algo must be sha256 or sha512")
         if raw["crashkernel"] not in CRASHKERNEL_WAYS:
-            raise InputError("catalog", f"{where}: crashkernel {raw['crashkernel']!r} is not one of "
+            raise InputError("catalog", f"{where}: crashkernel {_show(raw['crashkernel'])} is not one of "
                                         f"{', '.join(CRASHKERNEL_WAYS)}")
         packages = raw.get("packages", [])
-        if not isinstance(packages, list) or not all(isinstance(p, str) and re.match(r"^[\w.+-]+$", p) for p in packages):
+        if not isinstance(packages, list) or not all(isinstance(p, str) and re.fullmatch(r"[\w.+-]+", p) for p in packages):
             raise InputError("catalog", f"{where}: packages must be a list of package names")
-        if not re.match(r"^https?://", raw["url"]):
-            raise InputError("catalog", f"{where}: url must be http(s)")
-        entries[name] = Entry(name=name, **{**raw, "packages": tuple(packages)})
+        for key in ("url", "checksum_url"):
+            if key in raw and not URL.fullmatch(raw[key]):
+                raise InputError("catalog", f"{where}: {key} must be http(s), without spaces or control characters")
+        if not raw.get("sha256"):
+            # The digest then comes from the checksum file: over plain http, whoever can change the image
+            # on the way can change the checksum file too.
+            plain = [key for key in ("url", "checksum_url") if raw[key].startswith("http://")]
+            if plain:
+                raise InputError("catalog", f"{where}: {plain[0]} is plain http: pin the image's sha256 in the "
+                                            "catalog (a checksum file fetched over http proves nothing)")
+        elif not re.fullmatch(r"[0-9a-fA-F]{64}", raw["sha256"]):
+            raise InputError("catalog", f"{where}: sha256 must be 64 hex digits")
+        e = Entry(name=name, **{**raw, "packages": tuple(packages)})
+        if e.filename in ("", ".", "..") or "/" in e.filename or len(e.filename) > 200:
+            raise InputError("catalog", f"{where}: url must end in a file name (the image's name in the cache)")
+        entries[name] = e
     return entries
+
+
+def _show(value) -> str:
+    """A value as an error message shows it: its repr (one line, whatever the value holds), cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shown(path) -> str:
+    text = str(path)
+    return text if text.isprintable() else repr(text)   # a newline in a path would break the one-line error
 
 
 def entry(name: str) -> Entry:
@@ -184,9 +229,47 @@ class Progress:
             self.out.flush()
 
 
+def inspect(path: Path) -> None:
+    """Refuse an image a checksum cannot vouch for: one that makes QEMU open another file when a run
+    boots it (a backing file, or a qcow2 external data file: either can be any path on the host), or a
+    format other than qcow2 (runs put a qcow2 overlay on it). Raises HostError with the reason."""
+    with path.open("rb") as f:
+        if f.read(4) != QCOW2_MAGIC:
+            # Checked here rather than by qemu-img's probing: a probed vmdk or raw descriptor can name other files.
+            raise HostError("pull", "not a qcow2 image (runs put a qcow2 overlay on it)")
+    try:
+        done = subprocess.run(["qemu-img", "info", "-f", "qcow2", "--output=json", str(path)],
+                              capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise HostError("pull", "qemu-img not installed (make setup): a download is inspected with it") from None
+    except subprocess.TimeoutExpired:
+        raise HostError("pull", "qemu-img info gave no answer in 120 s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise HostError("pull", f"qemu-img info cannot read it: {_show(last)}")
+    try:
+        info = json.loads(done.stdout)
+    except ValueError:
+        raise HostError("pull", "qemu-img info gave no JSON") from None
+    if info.get("format") != "qcow2":
+        raise HostError("pull", f"format {_show(info.get('format'))}, not qcow2 (runs put a qcow2 overlay on it)")
+    if "backing-filename" in info or "full-backing-filename" in info:
+        backing = info.get("backing-filename", info.get("full-backing-filename"))
+        raise HostError("pull", f"it has a backing file ({_show(backing)}): a published image must stand alone")
+    specific = (info.get("format-specific") or {}).get("data") or {}
+    if "data-file" in specific:
+        data_file = specific["data-file"]
+        raise HostError("pull", f"it keeps its data in an external file ({_show(data_file)}): "
+                                "a published image must stand alone")
+
+
 def pull(name: str, log=sys.stderr) -> Path:
-    """Download, resume and verify one catalog image; return the cached file."""
+    """Download, resume, verify and inspect one catalog image; return the cached file."""
     e = entry(name)
+    if not cached(e) and not shutil.which("qemu-img"):   # before a byte is fetched: the download needs it
+        raise HostError("pull", "qemu-img not installed (make setup): a download is inspected with it")
+    algo = "sha256" if e.sha256 else e.checksum_algo   # a pinned digest is a sha256 whatever checksum_algo says
+    paths.owned_cache()   # the cache carries the lab's mark before anything is written into it
     folder = _folder(name)
     folder.mkdir(parents=True, exist_ok=True)
     with paths.locked(folder):
@@ -195,7 +278,7 @@ def pull(name: str, log=sys.stderr) -> Path:
             return done
         want = expected_digest(e)
         part = folder / f"{e.filename}.part"
-        digest = hashlib.new(e.checksum_algo)
+        digest = hashlib.new(algo)
         have = part.stat().st_size if part.exists() else 0
         if have:   # resume: the bytes already on disk go into the digest first
             with part.open("rb") as f:
@@ -203,7 +286,7 @@ def pull(name: str, log=sys.stderr) -> Path:
                     digest.update(block)
         response = _open(e.url, have)
         if have and response.status != 206:   # the server ignored the range: start over
-            have, digest = 0, hashlib.new(e.checksum_algo)
+            have, digest = 0, hashlib.new(algo)
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
         progress = Progress(name, total, have, log)
@@ -226,13 +309,18 @@ def pull(name: str, log=sys.stderr) -> Path:
         got = digest.hexdigest()
         if got != want:
             part.unlink()
-            raise HostError("pull", f"{name}: {e.checksum_algo} mismatch (expected {want[:16]}…, got {got[:16]}…); "
+            raise HostError("pull", f"{name}: {algo} mismatch (expected {want[:16]}…, got {got[:16]}…); "
                                     "the download was removed, nothing cached")
+        try:
+            inspect(part)
+        except HostError as exc:   # nothing half-trusted stays in the cache
+            part.unlink()
+            raise HostError("pull", f"{name}: {exc.message}; the download was removed, nothing cached") from None
         final = folder / e.filename
         part.chmod(0o444)   # a base image: runs write to overlays only
         part.replace(final)
-        (folder / f"{e.filename}.verified").write_text(f"{e.checksum_algo} {got}\n")
-        print(f"pull {name}: verified ({e.checksum_algo}), cached at {final}", file=log, flush=True)
+        (folder / f"{e.filename}.verified").write_text(f"{algo} {got}\n")
+        print(f"pull {name}: verified ({algo}), cached at {final}", file=log, flush=True)
         return final
 
 

@@ -38,11 +38,11 @@ def _check_writable(root: Path) -> None:
 def _cmd_run(args) -> int:
     import time
     import uuid
-    from . import host, report, runner
+    from . import batch, host, report
     scenarios = _scenarios(args)   # everything is validated before anything is created
     if args.parallel is not None and not 1 <= args.parallel <= 16:
         raise LabError("run", f"--parallel {args.parallel} is outside 1..16")
-    parallel = args.parallel or runner.default_parallel(scenarios)
+    parallel = args.parallel or batch.default_parallel(scenarios)
     root = Path(args.results) if args.results else paths.results_dir()
     _check_writable(root)
     host.connect().close()   # libvirt must answer before a results folder is made
@@ -54,7 +54,7 @@ def _cmd_run(args) -> int:
     runs = sum(s.repeat for s in scenarios)
     print(f"lab: {runs} run(s), {parallel} at a time; results in {folder}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    reports = runner.run_many(scenarios, folder, parallel, snapshot=args.snapshot)
+    reports = batch.run_many(scenarios, folder, parallel, snapshot=args.snapshot)
     data = report.write_invocation(folder, reports, parallel, time.monotonic() - started)
     if args.json:
         print(json.dumps(reports, indent=2, default=str))
@@ -69,19 +69,18 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_classify(args) -> int:
-    from . import transcript, verdict
+    from . import verdict
     outputs = []
     sources = args.files or ["-"]
     for name in sources:
         if name == "-":
-            events = transcript.read(sys.stdin.buffer)
+            v = verdict.classify(sys.stdin.buffer)
         else:
             try:
                 with open(name, "rb") as log:
-                    events = transcript.read(log)
+                    v = verdict.classify(log)
             except OSError as exc:
                 raise LabError("classify", f"cannot read {name}: {exc.strerror}") from None
-        v = verdict.derive(events)
         outputs.append({"file": name, **v.to_json()})
     if args.json:
         print(json.dumps(outputs if len(outputs) > 1 else outputs[0], indent=2))
@@ -94,7 +93,7 @@ def _cmd_classify(args) -> int:
 
 
 def _cmd_images(args) -> int:
-    from . import catalog, image
+    from . import image
     if args.action == "build":
         if args.name and args.name not in image.RECIPES:
             raise LabError("image", f"{args.name!r} is not built here (recipes: {', '.join(image.RECIPES)}); "
@@ -105,14 +104,14 @@ def _cmd_images(args) -> int:
     if args.action == "pull":
         if not args.name:
             raise LabError("image", "which image? `lab images pull NAME` (names: `lab images`)")
-        print(catalog.pull(args.name))
+        print(image.pull(args.name))
         return 0
     print("built offline (lab images build NAME):")
     for row in image.listing():
         state = f"cached, {row['size_bytes'] / 2**20:.0f} MiB, {row['disk']}" if row["cached"] else "not built"
         print(f"  {row['name']:<16} {row['key']}  {state}")
     print("published cloud images (lab images pull NAME, or lab run --image NAME; none was booted here):")
-    for row in catalog.listing():
+    for row in image.published_listing():
         if row["cached"]:
             state = f"cached, {row['size_bytes'] / 2**20:.0f} MiB"
         elif row["partial_bytes"]:

@@ -10,7 +10,7 @@ import uuid
 
 import pexpect
 
-from .deadline import Deadline
+from .timeout import Timeout
 from .errors import HostError, LabError
 from .seed import PASSWORD
 from .transcript import Event, Transcript
@@ -42,7 +42,7 @@ class Console:
         self.took_over = False  # attached with --force: another viewer was detached
 
     # -- plumbing -------------------------------------------------------------------------------
-    def attach(self, deadline: Deadline) -> None:
+    def attach(self, deadline: Timeout) -> None:
         """Attach to the domain's serial console. Only if someone else holds it is it taken over
         (--force detaches them), and the report says so."""
         for force in (False, True):
@@ -101,7 +101,7 @@ class Console:
         assert self.child is not None
         self.child.send(text.encode())
 
-    def wait_text(self, pattern: re.Pattern, deadline: Deadline, since: int, what: str) -> re.Match:
+    def wait_text(self, pattern: re.Pattern, deadline: Timeout, since: int, what: str) -> re.Match:
         while True:
             m = pattern.search(self.text, max(0, since - self._dropped))
             if m:
@@ -131,7 +131,7 @@ class Console:
             self.child = None
 
     # -- guest interaction ----------------------------------------------------------------------
-    def login(self, deadline: Deadline) -> float:
+    def login(self, deadline: Timeout) -> float:
         """Wait for a getty, log in as root; returns the host time the prompt was seen."""
         prompt_t = None
         while True:
@@ -155,7 +155,7 @@ class Console:
             self.wait_text(re.compile(r"login: ?$", re.M), deadline, self.mark() - 20, "login prompt after a failed login")
         raise LabError("console", "root login refused five times: the seed's password was not applied")
 
-    def command(self, command: str, deadline: Deadline) -> tuple[int, str]:
+    def command(self, command: str, deadline: Timeout) -> tuple[int, str]:
         token = uuid.uuid4().hex[:8]
         start = self.mark()
         # The echoed command line cannot match the marker: printf assembles it from pieces.
@@ -163,7 +163,7 @@ class Console:
         m = self.wait_text(re.compile(rf"LABDONE-(\d+)-{token}"), deadline, start, f"`{command}` to finish")
         return int(m.group(1)), self.text[max(0, start - self._dropped):m.start()]
 
-    def facts(self, command: str, deadline: Deadline) -> dict[str, str]:
+    def facts(self, command: str, deadline: Timeout) -> dict[str, str]:
         """Run a guest helper that prints `lab:key=value` lines; return them as a dict."""
         _rc, output = self.command(command, deadline)
         found = {}

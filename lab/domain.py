@@ -8,74 +8,26 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 import libvirt
 
 from . import host, paths, signals
-from .accel import Accel
+from . import seed as seed_mod
+from . import snapshot as snapshot_mod
 from .errors import HostError
-from .image import Image
-from .scenario import Scenario
-from .seed import Seed, render as render_seed, write_iso
+from .profiles import PROFILES, STANDINS, render_xml, run_as_root
+from .seed import Seed, write_iso
+from .vocabulary import HostEvent
 
-# Hardware profiles: what the guest's virtual machine looks like. One place for every device choice.
-#
-# hyperv-gen1 models a Hyper-V generation 1 VM: i440fx, SMBIOS "Microsoft Corporation"/"Virtual
-# Machine", and the boot disk twice, on the emulated IDE controller and on a paravirtual path. QEMU has
-# no storvsc (and its VMBus works only under KVM), so virtio-blk stands in for hv_storvsc: it is the
-# disk the first kernel uses, because the guest's own ata_piix ignores IDE disks on such a machine
-# (piix_ignore_devices_quirk, prefer_ms_hyperv=1). Both devices open one raw copy of the image (raw
-# has no metadata a second writer could corrupt); only one path is in use at a time.
-PROFILES = {
-    "default": {"template": "default.xml.j2", "machine": "pc", "sysinfo": None, "overlay_format": "qcow2",
-                "disks": [{"bus": "virtio", "target": "vda", "path": "virtio"}]},
-    "hyperv-gen1": {"template": "default.xml.j2", "machine": "pc", "overlay_format": "raw",
-                    "sysinfo": {"manufacturer": "Microsoft Corporation", "product": "Virtual Machine"},
-                    "disks": [{"bus": "ide", "target": "hda", "path": "ide"},
-                              {"bus": "virtio", "target": "vda", "path": "vmbus-standin"}]},
-}
-# Hyper-V guest drivers and what stands in for them on each profile: blacklisting the driver in a
-# capture kernel must also take away its stand-in, or the model would not follow the configuration.
-STANDINS = {
-    "hyperv-gen1": {"hv_storvsc": ["virtio_blk"], "hv_vmbus": ["virtio_blk"], "hv_netvsc": [],
-                    "hv_utils": [], "hid_hyperv": []},
-}
+if TYPE_CHECKING:   # types only: the domain is built from them, it does not drive them
+    from .accel import Accel
+    from .image import Image
+    from .kdumpconf import KdumpTools
+    from .scenario import Scenario
+
 LIFECYCLE = {0: "defined", 1: "undefined", 2: "started", 3: "suspended", 4: "resumed", 5: "stopped",
              6: "shutdown", 7: "pmsuspended", 8: "crashed"}
-# The disk a stale VMBus channel silences: the paravirtual path.
-STALE_VMBUS_TARGET = {"hyperv-gen1": "vda"}
-
-_env = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.DOMAINS), autoescape=True,
-                          undefined=jinja2.StrictUndefined)
-
-
-def render_xml(profile: str, **context) -> str:
-    spec = PROFILES[profile]
-    values = {k: v for k, v in spec.items() if k != "template"}
-    values.update(context)
-    values.setdefault("metadata_ns", paths.METADATA_NS)
-    values.setdefault("hv_crash", False)
-    values.setdefault("user_network", False)
-    values.setdefault("owner", os.getpid())   # `lab clean` leaves a domain alone while this process lives
-    values.setdefault("emulator", shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64")
-    return _env.get_template(spec["template"]).render(**values)
-
-
-def probe_renderer(kernel, run_as_root: bool):
-    """A disk-less domain for the accelerator probes, from the same template as real runs. `kernel` is a
-    path, or a function giving one: asked for only when a probe really runs."""
-    def render(accel: dict, hyperv: list, label: str) -> str:
-        return render_xml("default", accel=accel, hyperv=hyperv, name=f"{paths.NAME_PREFIX}{label}-{uuid.uuid4().hex[:6]}",
-                          uuid=str(uuid.uuid4()), run_id="probe", scenario="probe", memory_mib=256, vcpus=1,
-                          kernel=kernel() if callable(kernel) else kernel, initrd=None, cmdline="console=ttyS0,115200 panic=-1", overlay=None,
-                          seed=None, run_as_root=run_as_root)
-    return render
-
-
-def run_as_root(conn: libvirt.virConnect) -> bool:
-    # qemu:///system runs QEMU as libvirt-qemu, which cannot reach a cache under /root.
-    return os.geteuid() == 0 and conn.getURI().endswith("/system")
 
 
 @dataclass
@@ -92,6 +44,7 @@ class Domain:
     uri: str = ""   # kept apart from conn: a closed connection cannot tell its URI
     partitioned: bool = False   # a published image's disk: no bare filesystem for e2fsck to check
     destroyed: bool = False
+    kdump: KdumpTools | None = None   # the scenario's kdump config in kdump-tools' form
 
     def start_paused(self) -> None:
         try:
@@ -99,6 +52,10 @@ class Domain:
                 self.dom = host.create_paused(self.conn, self.xml)
         except libvirt.libvirtError as exc:
             raise HostError("domain", f"libvirt refused to start {self.name}: {exc.get_error_message()}") from None
+
+    def connection_lost(self) -> str | None:
+        """Why libvirt closed the connection this domain was made on, or None while it is open."""
+        return host.lost(self.conn)
 
     def resume(self) -> None:
         assert self.dom is not None
@@ -118,11 +75,11 @@ class Domain:
         """callback(kind, detail) for libvirt lifecycle and reboot events of this domain."""
         def lifecycle(_c, _d, event, detail, _o):
             name = LIFECYCLE.get(event, str(event))
-            callback("libvirt_crashed" if name == "crashed" else "libvirt_lifecycle",
+            callback(HostEvent.LIBVIRT_CRASHED if name == "crashed" else HostEvent.LIBVIRT_LIFECYCLE,
                      f"libvirt lifecycle event: {name} (detail {detail})")
 
         def reboot(_c, _d, _o):
-            callback("libvirt_reset", "libvirt: guest reset (REBOOT event)")
+            callback(HostEvent.LIBVIRT_RESET, "libvirt: guest reset (REBOOT event)")
         assert self.dom is not None
         for event_id, fn in ((libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
                              (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, reboot)):
@@ -200,6 +157,7 @@ class Domain:
 def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str) -> Domain:
     name = f"{paths.NAME_PREFIX}{run_id}"
     workdir = paths.new_scratch(run_id)
+    kdump = seed_mod.kdump_tools_config(scenario, STANDINS.get(scenario.profile, {}))   # once: the seed and the report use it
     try:
         fmt = PROFILES[scenario.profile]["overlay_format"]
         overlay = workdir / f"disk.{fmt}"
@@ -210,7 +168,7 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
         made = subprocess.run(cmd, capture_output=True, text=True)
         if made.returncode != 0:
             raise HostError("domain", f"qemu-img create failed: {made.stderr.strip()[:200]}")
-        seed = render_seed(scenario, run_id, STANDINS.get(scenario.profile, {}), image.guest)
+        seed = seed_mod.render(scenario, run_id, STANDINS.get(scenario.profile, {}), image.guest, translated=kdump)
         iso = write_iso(seed, workdir)
         xml = render_xml(scenario.profile, accel={"domain_type": accel.domain_type, "cpu_mode": accel.cpu_mode},
                          hyperv=accel.hyperv_elements(), name=name, uuid=str(uuid.uuid4()), run_id=run_id,
@@ -220,7 +178,29 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
                          overlay=str(overlay), seed=str(iso), run_as_root=run_as_root(conn),
                          hv_crash=scenario.hv_crash, user_network=bool(image.guest.packages))
     except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
+        paths.remove_scratch(workdir)
         raise
     return Domain(name, run_id, xml, workdir, conn, seed, overlay=overlay, uri=conn.getURI(),
-                  partitioned=image.boots_from_disk)
+                  partitioned=image.boots_from_disk, kdump=kdump)
+
+
+def from_snapshot(conn: libvirt.virConnect, scenario: Scenario, snap: snapshot_mod.Snapshot, run_id: str) -> Domain:
+    """A domain restored, paused, from a ready-to-panic snapshot, on its own disk in its own scratch."""
+    workdir = paths.new_scratch(run_id)
+    try:
+        with signals.held():   # a restored domain exists from here on: keep its handle
+            libvirt_dom, overlay, xml = snapshot_mod.restore(conn, snap, workdir, run_id)
+    except BaseException:
+        paths.remove_scratch(workdir)
+        raise
+    seed = Seed((snap.folder / "user-data").read_text(), "")
+    kdump = seed_mod.kdump_tools_config(scenario, STANDINS.get(scenario.profile, {}))
+    return Domain(libvirt_dom.name(), run_id, xml, workdir, conn, seed, overlay=overlay, dom=libvirt_dom,
+                  uri=conn.getURI(), kdump=kdump)
+
+
+def describe_profile(scenario: Scenario, kdump: KdumpTools) -> dict:
+    """The hardware profile a run used and how its kdump config was translated, for the report."""
+    return {"name": scenario.profile, "disks": PROFILES[scenario.profile]["disks"],
+            "standins": STANDINS.get(scenario.profile, {}), "kdump_config": scenario.kdump_config,
+            "kdump_config_translated": [{"kdump.conf": a, "kdump-tools": b} for a, b in kdump.lines]}

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from . import catalog, paths
 from .errors import HostError, InputError
-from .seed import OFFLINE_DEBIAN, Guest
+from .guest import OFFLINE_DEBIAN, Guest
 
 RECIPES = {"debian12": paths.IMAGES / "debian12"}
 DEFAULT = "debian12"
@@ -61,12 +61,10 @@ def _load(name: str, key: str) -> Image | None:
 
 
 def known() -> list[str]:
-    from . import catalog
     return [*RECIPES, *catalog.load()]
 
 
 def _published(e, path: Path) -> Image:
-    from . import catalog
     with path.open("rb") as f:
         if f.read(4) != b"QFI\xfb":   # overlays are made with a qcow2 backing file
             raise HostError("image", f"{e.name}: {path} is not a qcow2 image")
@@ -74,7 +72,6 @@ def _published(e, path: Path) -> Image:
 
 
 def cached(name: str) -> Image | None:
-    from . import catalog
     if name not in RECIPES:
         entries = catalog.load()
         if name not in entries:
@@ -91,7 +88,6 @@ def ensure(name: str, log=sys.stderr) -> Image:
     if image:
         return image
     if name not in RECIPES:
-        from . import catalog
         print(f"image: {name} is not in the cache; pulling it", file=log, flush=True)
         return _published(catalog.entry(name), catalog.pull(name, log=log))
     missing = [tool for tool in BUILD_TOOLS if not shutil.which(tool)]
@@ -200,3 +196,12 @@ def listing() -> list[dict]:
         rows.append({"name": name, "key": recipe_key(name), "cached": bool(image),
                      "disk": str(image.disk) if image else None, "size_bytes": size})
     return rows
+
+
+def pull(name: str, log=sys.stderr) -> Path:
+    """A published image into the cache (resumable, verified): `lab images pull`."""
+    return catalog.pull(name, log=log)
+
+
+def published_listing() -> list[dict]:
+    return catalog.listing()

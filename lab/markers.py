@@ -36,13 +36,15 @@ import re
 import re._parser as sre_parse  # the stdlib's own regex parser: reads the literal parts of a pattern
 from dataclasses import dataclass
 
+from .vocabulary import GuestEvent
+
 PROMPT = True
 MIN_NEEDLE = 3
 
 
 @dataclass(frozen=True)
 class Marker:
-    event: str
+    event: GuestEvent
     stack: str
     regex: re.Pattern
     prompt: bool = False
@@ -81,7 +83,9 @@ def needles(pattern: str) -> tuple[str, ...] | None:
 
 
 def _table(stack: str, rows: list[tuple]) -> list[Marker]:
-    return [Marker(row[0], stack, re.compile(row[1]), len(row) > 2 and row[2], needles(row[1])) for row in rows]
+    # GuestEvent(...) refuses, at import, a row whose event the rules do not know.
+    return [Marker(GuestEvent(row[0]), stack, re.compile(row[1]), len(row) > 2 and row[2], needles(row[1]))
+            for row in rows]
 
 
 FIRMWARE = _table("firmware", [
@@ -185,7 +189,6 @@ HYPERV = _table("hyperv", [
 STACKS = {"firmware": FIRMWARE, "kernel": KERNEL, "init": INIT, "kdump-tools": KDUMP_TOOLS,
           "dracut-kdump": DRACUT_KDUMP, "suse-kdump": SUSE_KDUMP, "hyperv": HYPERV, "lab": LAB}
 ALL: list[Marker] = [marker for table in STACKS.values() for marker in table]
-PROMPTS: list[Marker] = [marker for marker in ALL if marker.prompt]
 
 # The capture kernel is told apart from a normal boot by what kdump tooling puts on its command line.
 WRAP_LINES = 3

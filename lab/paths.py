@@ -83,13 +83,17 @@ def owned_cache() -> Path:
     return claim(cache_dir(), adopt=not os.environ.get("LAB_CACHE_DIR"))
 
 
+def scratch_root() -> Path:
+    """The marked folder that holds every run's scratch."""
+    if os.environ.get("LAB_WORK_DIR"):
+        return claim(work_dir())
+    owned_cache()   # the cache's own runs folder: the cache is the lab's, so is this
+    return claim(work_dir(), adopt=True)
+
+
 def new_scratch(run_id: str) -> Path:
     """A run's scratch folder, with its owner's pid in it from the first moment it exists."""
-    if os.environ.get("LAB_WORK_DIR"):
-        root = claim(work_dir())
-    else:   # the cache's own runs folder: the cache is the lab's, so is this
-        owned_cache()
-        root = claim(work_dir(), adopt=True)
+    root = scratch_root()
     tmp = Path(tempfile.mkdtemp(prefix=f"{NEW_SCRATCH}{os.getpid()}-", dir=root))
     (tmp / OWNER).write_text(f"{os.getpid()}\n")
     try:
@@ -98,6 +102,10 @@ def new_scratch(run_id: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise HostError("scratch", f"{root / run_id} already exists") from None
     return root / run_id
+
+
+def remove_scratch(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def scratch_owner(entry: Path) -> int | None:

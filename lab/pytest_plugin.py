@@ -22,7 +22,8 @@ import pytest
 
 from . import paths
 from .transcript import clean, read
-from .verdict import STAGES, derive
+from .verdict import derive
+from .vocabulary import Stage
 
 
 @dataclass
@@ -34,7 +35,7 @@ class StageView:
     text: str
 
 
-class Transcript:
+class ConsoleText:
     """The console log, cleaned line by line (no ANSI escapes, CRs or timestamps), with the raw bytes kept."""
 
     def __init__(self, raw: bytes, stages: list[dict] | None = None):
@@ -79,7 +80,7 @@ def _stage_matches(stage: str, wanted: str) -> bool:
 class Run:
     """One run's outcome: the report's verdict and stages, the transcript, the folder with the artifacts."""
 
-    def __init__(self, report: dict, transcript: Transcript, folder: Path | None):
+    def __init__(self, report: dict, transcript: ConsoleText, folder: Path | None):
         self.report = report
         self.transcript = transcript
         self.folder = folder
@@ -103,7 +104,7 @@ class Run:
     @classmethod
     def from_report(cls, report: dict) -> "Run":
         folder = Path(report["artifacts"]["dir"])
-        return cls(report, Transcript((folder / "console.log").read_bytes(), report["stages"]), folder)
+        return cls(report, ConsoleText((folder / "console.log").read_bytes(), report["stages"]), folder)
 
     @classmethod
     def from_log(cls, path: str | Path) -> "Run":
@@ -113,7 +114,7 @@ class Run:
         if sep and head.startswith(b"VERDICT:"):
             raw = rest
         v = derive(read(raw)).to_json()
-        return cls(v, Transcript(raw, v["stages"]), None)
+        return cls(v, ConsoleText(raw, v["stages"]), None)
 
 
 def pytest_addoption(parser):
@@ -175,4 +176,4 @@ def pytest_runtest_makereport(item, call):
                                                  f"last console lines:\n{tail}"))
 
 
-__all__ = ["Run", "Transcript", "StageView", "STAGES"]
+__all__ = ["Run", "ConsoleText", "StageView", "Stage"]

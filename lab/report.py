@@ -8,14 +8,16 @@ import re
 import time
 from pathlib import Path
 
+from . import paths
 from .errors import HostError
 from .verdict import Verdict
+from .vocabulary import GuestEvent, HostEvent, Stage
 
 HYPERV_LINE = "Microsoft Hyper-V"
 
 
 def _hyperv(accel, preflight: dict, transcript) -> dict:
-    seen = [e.text for e in transcript.reader.events if e.kind == "hypervisor"]
+    seen = [e.text for e in transcript.reader.events if e.kind == GuestEvent.HYPERVISOR]
     guest_saw = seen[0] if seen else None
     honoured = bool(guest_saw and HYPERV_LINE in guest_saw)
     if honoured:
@@ -38,7 +40,7 @@ def _armed(scenario, preflight: dict, transcript) -> dict:
     if not loaded and not scenario.kdump:
         why = "the scenario turns kdump off (USE_KDUMP=0)"
     elif not loaded:
-        complaints = [e.text for e in transcript.reader.events if e.kind == "kdump_not_armed"]
+        complaints = [e.text for e in transcript.reader.events if e.kind == GuestEvent.KDUMP_NOT_ARMED]
         complaints += [preflight["kdump_complaint"]] if preflight.get("kdump_complaint") else []
         if preflight.get("kexec_crash_size") in ("0", None, ""):
             why = "no crashkernel reservation (kexec_crash_size is 0)"
@@ -58,26 +60,20 @@ def _armed(scenario, preflight: dict, transcript) -> dict:
 def _hv_crash(scenario, transcript) -> dict | None:
     if not scenario.hv_crash:
         return None
-    crashed = [e.text for e in transcript.host_events if e.kind == "libvirt_crashed"]
+    crashed = [e.text for e in transcript.host_events if e.kind == HostEvent.LIBVIRT_CRASHED]
     return {"enabled": True, "host_stopped_vm": bool(crashed), "evidence": crashed[:1],
             "note": ("the host reported a guest crash through the Hyper-V crash MSRs" if crashed else
                      "no crash notification reached the host: the guest wrote no Hyper-V crash MSRs (under TCG "
                      "it does not see Hyper-V at all), so kexec ran as usual")}
 
 
-def _profile(scenario, transcript) -> dict:
-    from .domain import PROFILES, STANDINS
-    from .seed import kdump_tools_config
-    quirk = [{"line": e.line, "text": e.text} for e in transcript.reader.events if e.kind == "ata_ignored"]
-    translated = kdump_tools_config(scenario, STANDINS.get(scenario.profile, {}))
-    return {"name": scenario.profile, "disks": PROFILES[scenario.profile]["disks"],
-            "standins": STANDINS.get(scenario.profile, {}), "ata_piix_quirk": quirk,
-            "kdump_config": scenario.kdump_config,
-            "kdump_config_translated": [{"kdump.conf": a, "kdump-tools": b} for a, b in translated.lines]}
+def _profile(profile: dict, transcript) -> dict:
+    quirk = [{"line": e.line, "text": e.text} for e in transcript.reader.events if e.kind == GuestEvent.ATA_IGNORED]
+    return {**profile, "ata_piix_quirk": quirk}
 
 
 def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, transcript, artifacts: Path,
-          timings, wall, cut_short) -> dict:
+          timings, wall, cut_short, profile: dict) -> dict:
     preflight = facts.get("preflight", {})
     vmcore = facts.get("vmcore", {})
     dumps = [v for k, v in vmcore.items() if k == "vmcore"]
@@ -103,7 +99,7 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
         "kdump": _armed(scenario, preflight, transcript),
         "vmcore": {"count": int(vmcore.get("vmcore_count", 0) or 0), "files": dumps} if vmcore else None,
         "preflight": preflight,
-        "profile": _profile(scenario, transcript),
+        "profile": _profile(profile, transcript),
         "disk_check": facts.get("disk_check") or None,
         "hv_crash": _hv_crash(scenario, transcript),
         "accel": accel.to_json(),
@@ -112,13 +108,38 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
                   "boot": "its own bootloader" if image.boots_from_disk else "direct kernel boot"},
         "host": {"uri": uri, "machine": platform.node(), "kernel": platform.release()},
         "cut_short": cut_short,
-        "host_events": [{"t": e.t, "kind": e.kind, "text": e.text} for e in transcript.host_events],
+        "host_events": [{"t": e.t, "kind": e.kind, "text": e.text, **dict(e.groups)} for e in transcript.host_events],
         "timings": {"wall_seconds": round(wall, 3), "lab_seconds": lab_seconds,
                     "teardown_seconds": timings.get("teardown"), "lab": timings},
         "artifacts": {"dir": str(artifacts), "transcript": "console.log", "host_events": "host-events.jsonl",
                       "domain_xml": "domain.xml", "user_data": "user-data"},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def run_folder(artifacts: Path) -> Path:
+    """The run's own results folder, made now: its transcript goes there."""
+    try:
+        artifacts.mkdir(parents=True)
+    except OSError as exc:
+        raise HostError("results", f"cannot write the run folder {artifacts}: {exc.strerror}") from None
+    return artifacts
+
+
+def keep_inputs(artifacts: Path, domain_xml: str, seed) -> None:
+    """What the run was given, beside what it produced."""
+    try:
+        (artifacts / "domain.xml").write_text(domain_xml)
+        paths.private_file(artifacts / "user-data", seed.user_data)   # it holds the guest's root password
+        (artifacts / "meta-data").write_text(seed.meta_data)
+    except OSError as exc:
+        raise HostError("results", f"cannot write the run folder {artifacts}: {exc.strerror}") from None
+
+
+def partial(scenario, run_id, accel, image, cut_short) -> dict:
+    """The report of a run the user interrupted: what it was, and that it has no verdict."""
+    return {"run_id": run_id, "scenario": scenario.name, "accel": accel.name, "image": image.name,
+            "cut_short": cut_short, "verdict": None}
 
 
 def write(artifacts: Path, report: dict) -> Path:
@@ -143,7 +164,7 @@ def _stage_times(report: dict) -> dict[str, float]:
     stages = {s["name"]: s["t"] for s in report.get("stages", []) if s.get("t") is not None}
     start = stages.get("panicked")
     if start is None:
-        start = next((e["t"] for e in report.get("host_events", []) if e["kind"] == "trigger"), None)
+        start = next((e["t"] for e in report.get("host_events", []) if e["kind"] == HostEvent.TRIGGER), None)
     if start is None:
         return {}
     return {name: round(t - start, 3) for name, t in stages.items() if t >= start}
@@ -228,16 +249,19 @@ def junit(reports: list[dict], invocation: str) -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
-TIMELINE = [("booted", "boot"), ("armed", "armed"), ("panicked", "panic"), ("capture_kernel_booted", "capture kernel"),
-            ("dump_saving", "dump"), ("dump_saved", "saved"), ("reset", "reset"), ("back_at_login", "login")]
+# How the timeline labels each stage (in the stages' own order).
+TIMELINE_LABELS = {Stage.BOOTED: "boot", Stage.ARMED: "armed", Stage.PANICKED: "panic",
+                   Stage.CAPTURE_KERNEL_BOOTED: "capture kernel", Stage.DUMP_SAVING: "dump", Stage.DUMP_SAVED: "saved",
+                   Stage.RESET: "reset", Stage.BACK_AT_LOGIN: "login"}
 COLOURS = {"reboot": "#2b7bb9", "dump": "#2e8b57", "hang": "#c0392b", "unknown": "#7f8c8d", "error": "#8e44ad"}
 
 
 def _timeline_svg(r: dict, width: int = 720) -> str:
     """Stages on a time axis (seconds since the domain was resumed), and where a hang stopped."""
     from html import escape
-    points = [(label, s["t"]) for key, label in TIMELINE for s in r.get("stages", []) if s["name"] == key and s.get("t") is not None]
-    stall = [e for e in r.get("host_events", []) if e["kind"] == "stall"]
+    points = [(TIMELINE_LABELS[Stage(s["name"])], s["t"]) for s in sorted(r.get("stages", []), key=lambda s: Stage(s["name"]).order)
+              if s.get("t") is not None]
+    stall = [e for e in r.get("host_events", []) if e["kind"] == HostEvent.STALL]
     if stall:
         points.append(("hang point", stall[0]["t"]))
     end = max([t for _, t in points] + [(r.get("timings") or {}).get("wall_seconds") or 1.0, 1.0])

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
 
+from . import image as image_mod
+from .profiles import PROFILES
 from .errors import InputError
 from .kdumpconf import CONFIGS
 
 VERDICTS = ("reboot", "dump", "hang", "unknown")
-CRASHKERNEL = re.compile(r"^(\d+)([MG])$")
-PROFILES = ("default", "hyperv-gen1")
+CRASHKERNEL = re.compile(r"(\d+)([MG])")   # matched whole (fullmatch): "$" would let a trailing newline in
 FAULTS = ("", "stale-vmbus")
 KDUMP_CONFIGS = tuple(CONFIGS)
 
@@ -50,7 +52,7 @@ class Scenario:
         return " ".join(parts)
 
     def crashkernel_mib(self) -> int:
-        m = CRASHKERNEL.match(self.crashkernel)
+        m = CRASHKERNEL.fullmatch(self.crashkernel)
         if not m:
             return 0
         return int(m.group(1)) * (1024 if m.group(2) == "G" else 1)
@@ -63,7 +65,7 @@ BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              kernel_panic=0, kdump=False, expect="hang"),
     Scenario("kdump", "kdump-tools armed: the capture kernel saves a vmcore, then the guest reboots",
              kernel_panic=0, kdump=True, expect="dump"),
-    # Hyper-V Gen1 model (lab/domain.py PROFILES["hyperv-gen1"]): the seed's capture-kernel hang and its fix.
+    # Hyper-V Gen1 model (lab/profiles.py PROFILES["hyperv-gen1"]): the seed's capture-kernel hang and its fix.
     Scenario("hyperv-kdump-default", "Gen1, kdump armed as the distribution ships it, VMBus storage stale after "
              "the panic: the capture kernel waits for its disk forever",
              profile="hyperv-gen1", kdump=True, fault="stale-vmbus", expect="hang"),
@@ -87,9 +89,14 @@ BASE_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
-TRIGGER = re.compile(r"^(?:sysrq|nmi|cpu:\d{1,3})$")
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+TRIGGER = re.compile(r"sysrq|nmi|cpu:\d{1,3}")          # all three matched whole (fullmatch)
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 DEFAULT_RUN = ("panic-reboot", "panic-hang", "kdump")   # `lab run` with no names
+MAX_SECONDS = 3600.0   # stall_seconds, boot_seconds: a stage that takes longer than an hour is stuck
+# Runs in one invocation, repeats included: a matrix multiplies, and a few lines of TOML could
+# otherwise ask for a million VM boots (and take minutes and gigabytes just to be listed).
+MAX_RUNS = 1000
+MAX_REPEAT = 100
 
 
 def _coerce(name: str, current: object, raw: str) -> object:
@@ -128,10 +135,9 @@ def with_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
 
 def validate(s: Scenario) -> None:
     def bad(msg: str) -> None:
-        raise InputError("scenario", f"{s.name}: {msg}")
-    if not NAME.match(s.name):
+        raise InputError("scenario", f"{s.name if NAME.fullmatch(s.name) else _show(s.name)}: {msg}")
+    if not NAME.fullmatch(s.name):
         bad("a scenario name is lowercase letters, digits and dashes (it names the run's folder and domain)")
-    from . import image as image_mod   # here: the image module needs this one
     if s.image not in image_mod.RECIPES and s.image not in image_mod.known():   # the catalog only when needed
         bad(f"unknown image {s.image!r} (known: {', '.join(image_mod.known())})")
     if s.extra_cmdline and s.image not in image_mod.RECIPES:
@@ -140,7 +146,7 @@ def validate(s: Scenario) -> None:
         bad(f"unknown profile {s.profile!r} (known: {', '.join(PROFILES)})")
     if not -1 <= s.kernel_panic <= 3600:
         bad(f"kernel_panic={s.kernel_panic} is outside -1..3600")
-    if s.crashkernel != "0" and not CRASHKERNEL.match(s.crashkernel):
+    if s.crashkernel != "0" and not CRASHKERNEL.fullmatch(s.crashkernel):
         bad(f"crashkernel={s.crashkernel!r}: expected a size like 256M, or 0")
     if not 256 <= s.memory_mib <= 16384:
         bad(f"memory_mib={s.memory_mib} is outside 256..16384")
@@ -159,16 +165,21 @@ def validate(s: Scenario) -> None:
     if s.expect is not None and s.expect not in VERDICTS:
         bad(f"expect={s.expect!r} is not one of {', '.join(VERDICTS)}")
     for key in ("stall_seconds", "boot_seconds"):
-        if getattr(s, key) <= 0:
+        seconds = getattr(s, key)
+        if not math.isfinite(seconds):   # nan compares false with everything, so it would pass the checks below
+            bad(f"{key}={seconds}: expected a finite number of seconds")
+        if seconds <= 0:
             bad(f"{key} must be positive")
-    if not TRIGGER.match(s.trigger):
+        if seconds > MAX_SECONDS:
+            bad(f"{key}={seconds:g} is above {MAX_SECONDS:g} (an hour)")
+    if not TRIGGER.fullmatch(s.trigger):
         bad(f"trigger={s.trigger!r}: expected sysrq, nmi or cpu:N")
     elif s.trigger_cpu() is not None and s.trigger_cpu() >= s.vcpus:
         bad(f"trigger={s.trigger}: the guest has {s.vcpus} vCPU(s), numbered from 0")
-    if not 1 <= s.repeat <= 100:
-        bad(f"repeat={s.repeat} is outside 1..100")
+    if not 1 <= s.repeat <= MAX_REPEAT:
+        bad(f"repeat={s.repeat} is outside 1..{MAX_REPEAT}")
     for key in ("kdump_cmdline_append", "extra_cmdline"):
-        if re.search(r"[\"'`$\\\n;|&<>]", getattr(s, key)):
+        if re.search(r"[\"'`$\\;|&<>\x00-\x1f\x7f]", getattr(s, key)):   # control characters include newlines
             bad(f"{key} may not carry quotes, newlines or shell metacharacters")
 
 
@@ -192,35 +203,52 @@ def load_file(path: str) -> list[Scenario]:
     import tomllib
     from pathlib import Path
 
+    shown = _shown_path(path)
+
     def bad(where: str, msg: str) -> InputError:
-        return InputError("scenario", f"{path}: {where}{msg}")
+        return InputError("scenario", f"{shown}: {where}{msg}")
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_bytes().decode("utf-8"))   # TOML is UTF-8, whatever the locale
     except OSError as exc:
-        raise InputError("scenario", f"cannot read {path}: {exc.strerror}") from None
+        raise InputError("scenario", f"cannot read {shown}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise bad("", f"not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): a scenario file is TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise bad("", f"malformed TOML: {exc}") from None
+    except RecursionError:   # tomllib recurses once per nested array or inline table
+        raise bad("", "malformed TOML: arrays or tables nested too deeply") from None
     extra = sorted(set(data) - {"scenario", "matrix"})
     if extra:
-        raise bad("", f"unknown top-level key {extra[0]!r} (expected [[scenario]] and [matrix])")
+        raise bad("", f"unknown top-level key {_show(extra[0])} (expected [[scenario]] and [matrix])")
     tables = data.get("scenario", [])
     tables = [tables] if isinstance(tables, dict) else tables
-    if not tables or not all(isinstance(t, dict) for t in tables):
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
         raise bad("", "no [[scenario]] table")
     matrix = data.get("matrix", {})
     if not isinstance(matrix, dict):
         raise bad("[matrix]: ", "expected a table of key = [values]")
     for key, values in matrix.items():
         if key not in FILE_KEYS - {"base", "name", "description"}:
-            raise bad("[matrix]: ", f"unknown key {key!r}")
+            raise bad("[matrix]: ", f"unknown key {_show(key)}")
         if not isinstance(values, list) or not values:
             raise bad("[matrix]: ", f"{key} must be a non-empty list")
+    for n, table in enumerate(tables, start=1):
+        for key in ("base", "name"):   # both are looked up or joined before the values are typed
+            if key in table and not isinstance(table[key], str):
+                raise bad(f"[[scenario]] #{n}: ", f"{key} = {_show(table[key])}: expected str")
+    # Counted from the lengths alone, before anything is expanded.
+    asked = sum(_runs_asked(table, matrix) for table in tables)
+    if asked > MAX_RUNS:
+        combos = math.prod(len(values) for values in matrix.values())
+        raise bad("", f"expands to {asked} runs ({len(tables)} scenario(s) x {combos} matrix combination(s), "
+                      f"repeats included); the limit is {MAX_RUNS}")
     runs: list[Scenario] = []
+    made_by: dict[str, str] = {}   # run name -> the table and matrix values it came from
     for n, table in enumerate(tables, start=1):
         where = f"[[scenario]] #{n}: "
         unknown = sorted(set(table) - FILE_KEYS)
         if unknown:
-            raise bad(where, f"unknown key {unknown[0]!r}")
+            raise bad(where, f"unknown key {_show(unknown[0])}")
         try:
             start = resolve(table["base"]) if "base" in table else None
         except InputError as exc:
@@ -238,8 +266,60 @@ def load_file(path: str) -> list[Scenario]:
                 chosen[key] = value
                 suffix.append(f"{key.replace('_', '-')}-{_slug(value)}")
             chosen["name"] = "-".join([values.get("name", base.name)] + suffix)[:64].rstrip("-")
-            runs.append(_typed(base, chosen, lambda msg: bad(where, msg)))
+            scenario = _typed(base, chosen, lambda msg: bad(where, msg))
+            # The name is the run's identity in summary.json and junit.xml: two runs under one name merge.
+            source = f"[[scenario]] #{n}" + "".join(f", {key} = {_show(v)}" for (key, _), v in zip(axes, combo))
+            if scenario.name in made_by:
+                raise bad("", f"two runs would be named {scenario.name} ({made_by[scenario.name]}; {source}): a name "
+                              "is cut to 64 characters and its values to letters, digits and dashes, so give "
+                              "shorter or more distinct names or values")
+            made_by[scenario.name] = source
+            runs.append(scenario)
     return runs
+
+
+def check_total(scenarios: list[Scenario], sources: list[str] | None = None) -> None:
+    """What one `lab run` asks for as a whole, checked before anything is created: at most MAX_RUNS runs,
+    repeats included, and one scenario per name (summary.json and junit.xml group runs by name). The
+    same scenario given twice (`lab run kdump kdump`) just runs twice. sources[i], when given, says
+    where scenarios[i] came from (a file, or a built-in name) for the message."""
+    total = sum(s.repeat for s in scenarios)
+    if total > MAX_RUNS:
+        raise InputError("scenario", f"{len(scenarios)} scenario(s) add up to {total} runs, repeats included; "
+                                     f"the limit is {MAX_RUNS} per invocation")
+    first: dict[str, int] = {}
+    for i, s in enumerate(scenarios):
+        j = first.setdefault(s.name, i)
+        if scenarios[j] != s:
+            def origin(k: int) -> str:
+                return _shown_path(sources[k]) if sources else f"scenario #{k + 1} of the list"
+            raise InputError("scenario", f"two different scenarios are named {s.name} (from {origin(j)} and from "
+                                         f"{origin(i)}): their runs would be merged under that name")
+
+
+def _runs_asked(table: dict, matrix: dict) -> int:
+    """The runs one [[scenario]] table expands to. A repeat that is not a valid one counts as 1 here:
+    it is refused later, with its key and value."""
+    def repeat(value) -> int:
+        valid = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_REPEAT
+        return value if valid else 1
+    others = math.prod(len(values) for key, values in matrix.items() if key != "repeat")
+    if "repeat" in matrix:
+        return others * sum(repeat(v) for v in matrix["repeat"])
+    base = table.get("base")
+    start = BASE_SCENARIOS[base].repeat if isinstance(base, str) and base in BASE_SCENARIOS else 1
+    return others * repeat(table.get("repeat", start))
+
+
+def _show(value) -> str:
+    """A value as an error message shows it: its repr (one line, whatever the value holds), cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shown_path(path) -> str:
+    text = str(path)
+    return text if text.isprintable() else repr(text)   # a newline in a path would break the one-line error
 
 
 def _slug(value) -> str:
@@ -259,14 +339,14 @@ def _typed(base: Scenario, values: dict, bad) -> Scenario:
             ok = isinstance(value, bool)
         elif isinstance(current, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
+            value = _as_float(value) if ok else value
         elif isinstance(current, int):
             ok = isinstance(value, int) and not isinstance(value, bool)
         else:
             ok = isinstance(value, str)
         if not ok:
             want = fields[key].type if isinstance(fields[key].type, str) else type(current).__name__
-            raise bad(f"{key} = {value!r}: expected {want}")
+            raise bad(f"{key} = {_show(value)}: expected {want}")
         changes[key] = value
     scenario = dataclasses.replace(base, **changes)
     try:
@@ -274,3 +354,10 @@ def _typed(base: Scenario, values: dict, bad) -> Scenario:
     except InputError as exc:
         raise bad(exc.message) from None
     return scenario
+
+
+def _as_float(number: int | float) -> float:
+    try:
+        return float(number)
+    except OverflowError:   # a TOML integer has no size limit in tomllib: too big is infinite, refused by validate
+        return math.inf if number > 0 else -math.inf

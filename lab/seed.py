@@ -11,6 +11,7 @@ import jinja2
 from . import paths
 from . import kdumpconf
 from .errors import HostError, InputError
+from .guest import OFFLINE_DEBIAN, Guest
 from .scenario import Scenario
 
 PASSWORD = "panic-lab"  # serial console only; the guest has no network
@@ -27,25 +28,6 @@ class Seed:
     meta_data: str
 
 
-@dataclass(frozen=True)
-class Guest:
-    """What kind of guest the seed is for: its kdump tooling and how crashkernel= gets set."""
-    flavour: str = "kdump-tools"        # kdump-tools (Debian, Ubuntu) | dracut-kdump (RHEL family)
-    crashkernel: str = "cmdline"        # cmdline: direct kernel boot; grub-reboot: the guest's grub, one reboot
-    packages: tuple[str, ...] = ()      # what cloud-init installs first (a published image lacks them)
-
-    @property
-    def kdump_service(self) -> str:
-        return "kdump-tools.service" if self.flavour == "kdump-tools" else "kdump.service"
-
-    @property
-    def kdump_status(self) -> str:
-        return "kdump-config status" if self.flavour == "kdump-tools" else "kdumpctl status"
-
-
-OFFLINE_DEBIAN = Guest()   # the image the lab builds (images/debian12)
-
-
 def kdump_tools_config(scenario: Scenario, standins: dict) -> kdumpconf.KdumpTools:
     conf = kdumpconf.CONFIGS[scenario.kdump_config]
     if conf is None:
@@ -56,11 +38,13 @@ def kdump_tools_config(scenario: Scenario, standins: dict) -> kdumpconf.KdumpToo
         raise InputError("scenario", f"{scenario.name}: kdump_config {scenario.kdump_config}: {exc}") from None
 
 
-def render(scenario: Scenario, run_id: str, standins: dict | None = None, guest: Guest = OFFLINE_DEBIAN) -> Seed:
+def render(scenario: Scenario, run_id: str, standins: dict | None = None, guest: Guest = OFFLINE_DEBIAN,
+           translated: kdumpconf.KdumpTools | None = None) -> Seed:
+    """`translated`: the scenario's kdump config in kdump-tools' form, when the caller has it already."""
     context = {"scenario": scenario, "run_id": run_id, "password": PASSWORD, "guest": guest,
                "kdump_cmdline_append": "", "kdump_variables": {}, "kdump_conf": None, "runcmd": []}
     if guest.flavour == "kdump-tools":
-        translated = kdump_tools_config(scenario, standins or {})
+        translated = translated or kdump_tools_config(scenario, standins or {})
         context["kdump_cmdline_append"] = " ".join(filter(None, [KDUMP_TOOLS_APPEND, *translated.cmdline_append,
                                                                  scenario.kdump_cmdline_append]))
         context["kdump_variables"] = translated.variables

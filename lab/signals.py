@@ -1,12 +1,12 @@
 """How the lab stops on a signal. SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh session)
 all unwind the same way, as KeyboardInterrupt in the main thread, so every run's teardown still runs.
 
-Two windows must not be cut by that unwinding:
-- `held()`: a few calls whose result must be recorded before anything else (libvirt's createXML returns
-  a running domain; a signal between that return and keeping the handle would leak it). A signal that
-  arrives inside is raised as soon as the block ends.
-- `teardown()`: the cleanup itself. The first signal inside it is reported and ignored; the next one
-  abandons the cleanup (`lab clean` picks up what is left).
+Two windows must not be cut short:
+- `held()`: a few calls whose result must be kept before anything else happens (libvirt's createXML
+  returns a domain that exists; a signal between that return and keeping its handle would leak it). A
+  signal that arrives inside is raised as soon as the block ends.
+- the cleanup: once the lab is unwinding (a first signal), or inside `teardown()`, the next signal is
+  reported and ignored; only the one after it abandons the cleanup (`lab clean` picks up what is left).
 Worker threads never see signals (Python delivers them to the main thread), so both are no-ops there.
 """
 from __future__ import annotations
@@ -19,21 +19,24 @@ import threading
 UNWIND = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ABANDON_HINT = "cleaning up, Ctrl-C again to abandon"
 
-_mode: list[str] = []         # innermost last: "held" or "teardown"
-_held: list[str] = []         # signals that arrived inside a held block
-_warned = False
+
+class _State:
+    mode: list[str] = []       # innermost last: "held" or "teardown"
+    deferred: list[str] = []   # signals that arrived inside a held block
+    unwinding = False          # a signal has already been raised: the lab is on its way out
+    warned = False
 
 
 def _unwind(signum, _frame) -> None:
-    global _warned
     name = signal.Signals(signum).name
-    if _mode and _mode[-1] == "held":
-        _held.append(name)
+    if _State.mode and _State.mode[-1] == "held":
+        _State.deferred.append(name)
         return
-    if _mode and _mode[-1] == "teardown" and not _warned:
-        _warned = True
-        print(f"lab: {name} during cleanup: {ABANDON_HINT}", file=sys.stderr, flush=True)
+    if (_State.unwinding or "teardown" in _State.mode) and not _State.warned:
+        _State.warned = True
+        print(f"lab: {name}: {ABANDON_HINT}", file=sys.stderr, flush=True)
         return
+    _State.unwinding = True
     raise KeyboardInterrupt(name)
 
 
@@ -52,27 +55,24 @@ def held():
     if not _main_thread():
         yield
         return
-    _mode.append("held")
+    _State.mode.append("held")
     try:
         yield
     finally:
-        _mode.pop()
-        if _held and (not _mode or _mode[-1] != "held"):
-            name = _held[0]
-            _held.clear()
+        _State.mode.pop()
+        if _State.deferred and "held" not in _State.mode:
+            name = _State.deferred[0]
+            _State.deferred.clear()
             _unwind(signal.Signals[name], None)   # as if it arrived now
 
 
 @contextlib.contextmanager
 def teardown():
-    global _warned
     if not _main_thread():
         yield
         return
-    _mode.append("teardown")
+    _State.mode.append("teardown")
     try:
         yield
     finally:
-        _mode.pop()
-        if "teardown" not in _mode:
-            _warned = False
+        _State.mode.pop()

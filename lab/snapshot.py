@@ -9,6 +9,7 @@ them and a new snapshot is made; `lab clean --snapshots` removes them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -56,6 +57,22 @@ class Snapshot:
 
     def disk(self) -> Path:
         return self.folder / self.info()["disk"]
+
+
+@contextlib.contextmanager
+def taking_turns(snap: Snapshot):
+    """Held while a repeat uses the snapshot: restores keep the saved name and UUID, so one at a time."""
+    with paths.locked(snap.folder):
+        yield
+
+
+@contextlib.contextmanager
+def making(snap: Snapshot):
+    """Held while a snapshot is made; yields whether it still has to be made (another process may have)."""
+    paths.owned_cache()
+    root().mkdir(exist_ok=True)
+    with paths.locked(root()):
+        yield not snap.ready()
 
 
 def find(scenario: Scenario, image_key: str, accel_name: str) -> Snapshot:

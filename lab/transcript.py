@@ -11,7 +11,7 @@ import itertools
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
@@ -46,11 +46,6 @@ class Event:
     t: float | None = None    # host seconds since the transcript started (live runs)
     kt: float | None = None   # kernel timestamp printed on the line, where there is one
     groups: tuple = field(default_factory=tuple)
-
-    def to_json(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if v not in (None, ())}
-        data["groups"] = list(self.groups)
-        return data
 
 
 def clean(raw: str) -> tuple[str, float | None]:

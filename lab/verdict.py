@@ -20,16 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .markers import CAPTURE_CMDLINE, WRAP_LINES
-from .transcript import Event
+from .transcript import Event, read
+from .vocabulary import NO_STAGE, Outcome, Stage
+from .vocabulary import GuestEvent as G
+from .vocabulary import HostEvent as H
 
-STAGES = ("booted", "armed", "panicked", "capture_kernel_booted", "dump_saving", "dump_saved",
-          "reset", "back_at_login")
-KB2858695 = ("blacklist the hv_* drivers in the capture kernel and let ata_piix take the disk "
-             "(ata_piix.prefer_ms_hyperv=0), as in Microsoft KB2858695")
+KB2858695_FIX = ("blacklist the hv_* drivers in the capture kernel and let ata_piix take the disk "
+                 "(ata_piix.prefer_ms_hyperv=0), as in Microsoft KB2858695")
 
 
 @dataclass
-class Stage:
+class StageReached:
     name: str
     line: int
     text: str
@@ -42,7 +43,7 @@ class Verdict:
     verdict: str
     stage: str
     diagnosis: str
-    stages: list[Stage] = field(default_factory=list)
+    stages: list[StageReached] = field(default_factory=list)
     evidence: list[Event] = field(default_factory=list)
     rule: str = ""
     earlier: list["Verdict"] = field(default_factory=list)
@@ -69,28 +70,28 @@ def _tag_boots(events: list[Event]) -> list[bool]:
     starts_capture: list[bool] = [False]
     panicked = armed = handed_over = False
     for i, e in enumerate(events):
-        new_boot = e.kind in ("kernel_banner", "firmware") or (e.kind == "panic" and panicked)
+        new_boot = e.kind in (G.KERNEL_BANNER, G.FIRMWARE) or (e.kind == G.PANIC and panicked)
         if new_boot:
             segments.append([])
             # Straight after a panic with kdump loaded, a kernel that started without firmware in between
             # is the kexec'd capture kernel, until its command line says otherwise.
-            starts_capture.append(e.kind != "firmware" and (handed_over or (panicked and armed)))
+            starts_capture.append(e.kind != G.FIRMWARE and (handed_over or (panicked and armed)))
             panicked = armed = handed_over = False
         segments[-1].append(i)
-        panicked |= e.kind == "panic"
-        armed |= e.kind == "kdump_armed"
-        handed_over |= e.kind == "kexec_handover"
+        panicked |= e.kind == G.PANIC
+        armed |= e.kind == G.KDUMP_ARMED
+        handed_over |= e.kind == G.KEXEC_HANDOVER
     flags = [False] * len(events)
     for members, capture in zip(segments, starts_capture):
         cmdline_line = None
         for i in members:
             e = events[i]
-            if e.kind == "kernel_cmdline":
+            if e.kind == G.KERNEL_CMDLINE:
                 capture = bool(CAPTURE_CMDLINE.search(e.groups[0] if e.groups else e.text))
                 cmdline_line = e.line
-            elif e.kind == "cmdline_wrapped" and cmdline_line and 0 < e.line - cmdline_line <= WRAP_LINES:
+            elif e.kind == G.CMDLINE_WRAPPED and cmdline_line and 0 < e.line - cmdline_line <= WRAP_LINES:
                 capture = True   # the same command line, wrapped
-            elif e.kind in ("dump_saving", "dump_saved", "dump_failed"):
+            elif e.kind in (G.DUMP_SAVING, G.DUMP_SAVED, G.DUMP_FAILED):
                 capture = True
         for i in members:
             flags[i] = capture
@@ -98,20 +99,20 @@ def _tag_boots(events: list[Event]) -> list[bool]:
 
 
 def _is_reset(e: Event, capture: bool) -> bool:
-    if e.kind in ("firmware", "restart", "libvirt_reset"):
+    if e.kind in (G.FIRMWARE, G.RESTART, H.LIBVIRT_RESET):
         return True
-    return e.kind == "kernel_banner" and not capture
+    return e.kind == G.KERNEL_BANNER and not capture
 
 
 def derive(events: list[Event]) -> Verdict:
     flags = _tag_boots(events)
-    starts = [i for i, e in enumerate(events) if e.kind == "panic" and not flags[i]]
+    starts = [i for i, e in enumerate(events) if e.kind == G.PANIC and not flags[i]]
     if not starts:
         capture_at = [i for i, e in enumerate(events) if flags[i]]
         if not capture_at:
             before = _stages(events, flags, 0, len(events))
-            last = before[-1].name if before else "none"
-            return Verdict("unknown", last, "no panic in the transcript", before, [], "R5")
+            last = before[-1].name if before else NO_STAGE
+            return Verdict(Outcome.UNKNOWN, last, "no panic in the transcript", before, [], "R5")
         starts = [capture_at[0]]
     cycles = []
     for n, start in enumerate(starts):
@@ -122,58 +123,58 @@ def derive(events: list[Event]) -> Verdict:
     return final
 
 
-def _stages(events, flags, start, end) -> list[Stage]:
-    reached: dict[str, Stage] = {}
+def _stages(events, flags, start, end) -> list[StageReached]:
+    reached: dict[str, StageReached] = {}
 
-    def mark(name: str, e: Event) -> None:
+    def mark(name: Stage, e: Event) -> None:
         if name not in reached:
-            reached[name] = Stage(name, e.line, e.text, e.t, e.kt)
+            reached[name] = StageReached(name, e.line, e.text, e.t, e.kt)
 
     reset_seen = False
     for i in range(start, end):
         e, capture = events[i], flags[i]
-        if e.kind == "kernel_banner" and not capture and not reset_seen and "panicked" not in reached:
-            mark("booted", e)
-        elif e.kind == "kdump_armed" and not capture:
-            mark("armed", e)   # also from the panic's own "Kdump: loaded" line
-        elif e.kind == "panic" and not capture:
-            mark("panicked", e)
-        elif e.kind == "kernel_banner" and capture:
-            mark("capture_kernel_booted", e)
-        elif e.kind == "dump_saving":
-            mark("capture_kernel_booted", e)
-            mark("dump_saving", e)
-        elif e.kind == "dump_saved":
-            mark("dump_saved", e)
-        elif _is_reset(e, capture) and ("panicked" in reached or "capture_kernel_booted" in reached):
-            mark("reset", e)
+        if e.kind == G.KERNEL_BANNER and not capture and not reset_seen and Stage.PANICKED not in reached:
+            mark(Stage.BOOTED, e)
+        elif e.kind == G.KDUMP_ARMED and not capture:
+            mark(Stage.ARMED, e)   # also from the panic's own "Kdump: loaded" line
+        elif e.kind == G.PANIC and not capture:
+            mark(Stage.PANICKED, e)
+        elif e.kind == G.KERNEL_BANNER and capture:
+            mark(Stage.CAPTURE_KERNEL_BOOTED, e)
+        elif e.kind == G.DUMP_SAVING:
+            mark(Stage.CAPTURE_KERNEL_BOOTED, e)
+            mark(Stage.DUMP_SAVING, e)
+        elif e.kind == G.DUMP_SAVED:
+            mark(Stage.DUMP_SAVED, e)
+        elif _is_reset(e, capture) and (Stage.PANICKED in reached or Stage.CAPTURE_KERNEL_BOOTED in reached):
+            mark(Stage.RESET, e)
             reset_seen = True
-        elif e.kind == "login_prompt" and reset_seen:
-            mark("back_at_login", e)
-        if capture and "panicked" in reached and not reset_seen:
-            mark("capture_kernel_booted", e)   # a capture kernel whose banner the log does not show
-    return sorted(reached.values(), key=lambda s: STAGES.index(s.name))
+        elif e.kind == G.LOGIN_PROMPT and reset_seen:
+            mark(Stage.BACK_AT_LOGIN, e)
+        if capture and Stage.PANICKED in reached and not reset_seen:
+            mark(Stage.CAPTURE_KERNEL_BOOTED, e)   # a capture kernel whose banner the log does not show
+    return sorted(reached.values(), key=lambda s: s.name.order)
 
 
-def _pre_panic_stages(events, flags, start) -> list[Stage]:
+def _pre_panic_stages(events, flags, start) -> list[StageReached]:
     """booted/armed come from the boot the panic happened in."""
     boot_start = 0
     for i in range(start - 1, -1, -1):
-        if events[i].kind in ("kernel_banner", "firmware") and not flags[i]:
+        if events[i].kind in (G.KERNEL_BANNER, G.FIRMWARE) and not flags[i]:
             boot_start = i
             break
-    return [s for s in _stages(events, flags, boot_start, start) if s.name in ("booted", "armed")]
+    return [s for s in _stages(events, flags, boot_start, start) if s.name in (Stage.BOOTED, Stage.ARMED)]
 
 
 def _cycle(events: list[Event], flags: list[bool], start: int, end: int) -> Verdict:
     span = events[start:end]
     caps = flags[start:end]
     stages = _pre_panic_stages(events, flags, start) + _stages(events, flags, start, end)
-    first: dict[str, Stage] = {}
+    first: dict[str, StageReached] = {}
     for st in stages:
         first.setdefault(st.name, st)   # the earliest evidence of each stage
-    stages = sorted(first.values(), key=lambda s: STAGES.index(s.name))
-    last_stage = stages[-1].name if stages else "none"
+    stages = sorted(first.values(), key=lambda s: s.name.order)
+    last_stage = stages[-1].name if stages else NO_STAGE
     kinds = [e.kind for e in span]
 
     def ev(*names: str) -> list[Event]:
@@ -184,76 +185,81 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int) -> Verd
         return idx[-1] if idx else -1
 
     captured = any(caps)
-    faults = ev("fault_applied")
-    storage = ev("hv_storage")
+    faults = ev(H.FAULT_APPLIED)
+    storage = ev(G.HV_STORAGE)
     storage_note = f"; Hyper-V storage trouble in the capture kernel: {storage[0].text}" if storage else ""
     if faults and captured:
         storage_note += f"; the paravirtual disk path stopped answering at the panic ({faults[0].text})"
-    fix = f" Fix: {KB2858695}." if (storage or (faults and captured)) else ""
+    fix = f" Fix: {KB2858695_FIX}." if (storage or (faults and captured)) else ""
 
-    saved = ev("dump_saved")
+    saved = ev(G.DUMP_SAVED)
     if saved:
-        evidence = ev("panic")[:1] + ev("kernel_cmdline")[:1] + saved[:1] + ev("firmware", "restart", "libvirt_reset")[:1]
-        return Verdict("dump", last_stage, f"vmcore saved: {saved[0].text}", stages,
+        evidence = ev(G.PANIC)[:1] + ev(G.KERNEL_CMDLINE)[:1] + saved[:1] + ev(G.FIRMWARE, G.RESTART, H.LIBVIRT_RESET)[:1]
+        return Verdict(Outcome.DUMP, last_stage, f"vmcore saved: {saved[0].text}", stages,
                        [e for e in evidence if e], "R1")
 
     resets = [i for i, e in enumerate(span) if _is_reset(e, caps[i])]
-    failed = ev("dump_failed")
+    failed = ev(G.DUMP_FAILED)
     if resets:
         reset = span[resets[0]]
         if captured or failed:
             why = failed[0].text if failed else "the capture kernel reset without saving a vmcore"
-            return Verdict("reboot", last_stage, f"dump failed: {why}{storage_note}.{fix}".rstrip("."), stages,
-                           ev("panic")[:1] + failed[:1] + storage[:1] + [reset], "R2")
-        return Verdict("reboot", last_stage, "reset after the panic, no dump attempted", stages,
-                       ev("panic")[:1] + ev("reboot_announced")[:1] + [reset], "R2")
+            return Verdict(Outcome.REBOOT, last_stage, f"dump failed: {why}{storage_note}.{fix}".rstrip("."), stages,
+                           ev(G.PANIC)[:1] + failed[:1] + storage[:1] + [reset], "R2")
+        return Verdict(Outcome.REBOOT, last_stage, "reset after the panic, no dump attempted", stages,
+                       ev(G.PANIC)[:1] + ev(G.REBOOT_ANNOUNCED)[:1] + [reset], "R2")
 
-    stall = ev("stall")
-    announced = last_of("reboot_announced")
-    progress = ("kernel_banner", "dump_saving", "rescue_shell", "waiting_root", "panic", "login_prompt")
+    stall = ev(H.STALL)
+    announced = last_of(G.REBOOT_ANNOUNCED)
+    progress = (G.KERNEL_BANNER, G.DUMP_SAVING, G.RESCUE_SHELL, G.WAITING_ROOT, G.PANIC, G.LOGIN_PROMPT)
     if announced >= 0 and not any(k in progress for k in kinds[announced + 1:]):
         a = span[announced]
         later_stall = [s for s in stall if span.index(s) > announced]
         if not later_stall:
             where = "in the capture kernel" if caps[announced] else "after the panic"
             why = "dump failed: " if (captured or failed) else ""
-            return Verdict("reboot", last_stage, f"{why}reboot announced {where} ({a.text}); the reset itself is not in the log",
-                           stages, ev("panic")[:1] + failed[:1] + [a], "R3")
+            return Verdict(Outcome.REBOOT, last_stage, f"{why}reboot announced {where} ({a.text}); the reset itself is not in the log",
+                           stages, ev(G.PANIC)[:1] + failed[:1] + [a], "R3")
         s = later_stall[0]
-        return Verdict("hang", last_stage, f"reboot announced ({a.text}) but no reset: {s.text}", stages, [a, s], "R4")
+        return Verdict(Outcome.HANG, last_stage, f"reboot announced ({a.text}) but no reset: {s.text}", stages, [a, s], "R4")
 
     # R4: stuck states, most specific first.
-    shell = last_of("rescue_shell")
-    if shell >= 0 and shell >= last_of("kernel_banner", "login_prompt"):
+    shell = last_of(G.RESCUE_SHELL)
+    if shell >= 0 and shell >= last_of(G.KERNEL_BANNER, G.LOGIN_PROMPT):
         state = "capture kernel dropped to a rescue shell" if caps[shell] else "dropped to a rescue shell"
-        waits = ev("waiting_root")
-        return Verdict("hang", last_stage, f"{state}: {span[shell].text}{storage_note}.{fix}".rstrip("."),
+        waits = ev(G.WAITING_ROOT)
+        return Verdict(Outcome.HANG, last_stage, f"{state}: {span[shell].text}{storage_note}.{fix}".rstrip("."),
                        stages, waits[:1] + [span[shell]] + storage[:1] + faults[:1], "R4")
-    capture_panics = [i for i, e in enumerate(span) if e.kind == "panic" and caps[i]]
-    if capture_panics and last_of("panic_end") > capture_panics[-1]:
+    capture_panics = [i for i, e in enumerate(span) if e.kind == G.PANIC and caps[i]]
+    if capture_panics and last_of(G.PANIC_END) > capture_panics[-1]:
         p = span[capture_panics[-1]]
-        return Verdict("hang", last_stage, f"the capture kernel panicked and did not reboot: {p.text}{storage_note}.{fix}".rstrip("."),
+        return Verdict(Outcome.HANG, last_stage, f"the capture kernel panicked and did not reboot: {p.text}{storage_note}.{fix}".rstrip("."),
                        stages, [p] + storage[:1], "R4")
     if captured and storage:
-        return Verdict("hang", last_stage,
+        return Verdict(Outcome.HANG, last_stage,
                        f"capture kernel booted, waiting for the dump target: {storage[-1].text}.{fix}",
-                       stages, ev("kernel_cmdline")[-1:] + storage[:3], "R4")
+                       stages, ev(G.KERNEL_CMDLINE)[-1:] + storage[:3], "R4")
     if stall:
         s = stall[-1]
-        waits = ev("waiting_root")
+        waits = ev(G.WAITING_ROOT)
         note = f" ({waits[-1].text})" if waits else ""
         if captured and faults:
             # The host silenced the paravirtual disk (the lab's stale-VMBus model): name that path.
-            return Verdict("hang", last_stage,
+            return Verdict(Outcome.HANG, last_stage,
                            f"capture kernel booted, waiting for the dump target{note}{storage_note}: {s.text}.{fix}",
-                           stages, ev("kernel_cmdline")[-1:] + waits[-1:] + [faults[0], s], "R4")
-        cause = "kernel.panic=0 and no capture kernel" if last_stage in ("panicked",) else f"no progress past {last_stage}"
-        return Verdict("hang", last_stage, f"{last_stage}, {cause}{note}: {s.text}", stages,
-                       ev("panic")[:1] + ev("panic_end")[-1:] + waits[-1:] + [s], "R4")
-    end = last_of("panic_end")
+                           stages, ev(G.KERNEL_CMDLINE)[-1:] + waits[-1:] + [faults[0], s], "R4")
+        cause = "kernel.panic=0 and no capture kernel" if last_stage == Stage.PANICKED else f"no progress past {last_stage}"
+        return Verdict(Outcome.HANG, last_stage, f"{last_stage}, {cause}{note}: {s.text}", stages,
+                       ev(G.PANIC)[:1] + ev(G.PANIC_END)[-1:] + waits[-1:] + [s], "R4")
+    end = last_of(G.PANIC_END)
     if end >= 0 and not captured and not any(k in progress for k in kinds[end + 1:]):
-        return Verdict("hang", last_stage,
+        return Verdict(Outcome.HANG, last_stage,
                        "panicked and halted: no reboot announced (kernel.panic=0) and no capture kernel (kdump not loaded)",
-                       stages, ev("panic")[:1] + [span[end]], "R4")
-    return Verdict("unknown", last_stage, f"the log stops at {last_stage} without saying what happened next",
-                   stages, ev("panic")[:1] + span[-1:], "R5")
+                       stages, ev(G.PANIC)[:1] + [span[end]], "R4")
+    return Verdict(Outcome.UNKNOWN, last_stage, f"the log stops at {last_stage} without saying what happened next",
+                   stages, ev(G.PANIC)[:1] + span[-1:], "R5")
+
+
+def classify(log) -> Verdict:
+    """A saved log (bytes, text or a binary stream) to its verdict: the one entry `lab classify` uses."""
+    return derive(read(log))

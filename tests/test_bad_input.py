@@ -33,6 +33,11 @@ def one_line_error(done, stage: str, words: str) -> None:
     ("memory_mib=512", "leaves less than 384 MiB beside crashkernel=256M"),
     ("vcpus=999", "host's cores"),
     ("extra_cmdline=quiet$(reboot)", "shell metacharacters"),
+    ("stall_seconds=nan", "stall_seconds=nan: expected a finite number of seconds"),
+    ("boot_seconds=inf", "boot_seconds=inf: expected a finite number of seconds"),
+    ("stall_seconds=1e999", "stall_seconds=inf: expected a finite number of seconds"),
+    ("boot_seconds=3601", "boot_seconds=3601 is above 3600"),
+    ("trigger=nmi\n", "trigger='nmi\\n': expected sysrq, nmi or cpu:N"),
 ])
 def test_out_of_range_and_unknown_values_are_refused_before_anything_exists(tmp_path, override, words):
     done = lab("run", "kdump", "--set", override, "--results", str(tmp_path / "results"))
@@ -40,9 +45,55 @@ def test_out_of_range_and_unknown_values_are_refused_before_anything_exists(tmp_
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "3600.5"])
+@pytest.mark.parametrize("key", ["stall_seconds", "boot_seconds"])
+def test_seconds_must_be_finite_and_at_most_an_hour(key, value):
+    with pytest.raises(InputError, match=key):
+        sc.with_overrides(sc.resolve("kdump"), [f"{key}={value}"])
+    assert getattr(sc.with_overrides(sc.resolve("kdump"), [f"{key}=3600"]), key) == 3600.0
+
+
+def _binary(path: Path) -> Path:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + bytes(range(256)))
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("make, words", [(_binary, "not UTF-8 text (byte 0 is 0x89)"), (_folder, "Is a directory")])
+def test_a_scenario_file_that_is_not_text_is_one_line(tmp_path, make, words):
+    path = make(tmp_path / "runs.toml")
+    done = lab("run", str(path), "--results", str(tmp_path / "results"))
+    one_line_error(done, "scenario", words)
+    assert str(path) in done.stderr and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("make, words", [(_binary, "not UTF-8 text (byte 0 is 0x89)"), (_folder, "Is a directory")])
+def test_a_catalog_that_is_not_text_is_one_line(tmp_path, make, words):
+    path = make(tmp_path / "catalog.toml")
+    done = lab("images", env={"LAB_CATALOG": str(path), "LAB_CACHE_DIR": str(tmp_path / "cache")})
+    one_line_error(done, "catalog", words)
+    assert str(path) in done.stderr and not (tmp_path / "cache").exists()
+
+
+def test_a_catalog_name_that_would_escape_the_cache_is_refused_by_lab_images(tmp_path):
+    path = tmp_path / "catalog.toml"
+    path.write_text('["../../x"]\nurl = "https://h/i.img"\nsha256 = "' + "a" * 64 + '"\nfamily = "debian"\n'
+                    'kdump = "kdump-tools"\nuser = "debian"\ncrashkernel = "grub-reboot"\n')
+    done = lab("images", env={"LAB_CATALOG": str(path), "LAB_CACHE_DIR": str(tmp_path / "cache")})
+    one_line_error(done, "catalog", "['../../x']: a catalog name is")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_a_name_that_would_escape_the_results_folder_is_refused():
     with pytest.raises(InputError, match="lowercase letters, digits and dashes"):
         sc.validate(dataclasses.replace(sc.resolve("kdump"), name="../../etc/cron.d/x"))
+    with pytest.raises(InputError, match="lowercase letters") as err:   # "$" in a pattern lets a final newline by
+        sc.validate(dataclasses.replace(sc.resolve("kdump"), name="kdump\n"))
+    assert "\n" not in str(err.value)
 
 
 def test_template_syntax_in_a_value_is_rendered_as_text():
@@ -78,6 +129,12 @@ def test_no_mmdebstrap_is_one_line_and_builds_nothing(tmp_path):
 
 
 @pytest.fixture
+def run_scratch_left(work: Path) -> list[str]:
+    """What runs left in LAB_WORK_DIR, beyond the lab's own marked folder (which stays, by design)."""
+    return sorted(str(p.relative_to(work)) for p in work.rglob("*")
+                  if p != work / "panic-lab" and p != work / "panic-lab" / paths.MARK) if work.exists() else []
+
+
 def tiny_disk(tmp_path):
     """A tmpfs of a few KiB: a full disk, without filling the host's."""
     def make(kib: int) -> Path:
@@ -111,7 +168,7 @@ def test_a_full_disk_for_the_overlay_is_a_host_error_with_nothing_left(tmp_path,
     assert done.returncode == 1, done.stderr
     assert re.search(r"^lab: hyperv-panic-hang: domain: qemu-img create failed: .*No space left on device",
                      done.stderr, re.M), done.stderr
-    assert list(scratch.iterdir()) == []
+    assert run_scratch_left(scratch) == []
     assert _lab_domains() == before
 
 
@@ -123,6 +180,6 @@ def test_a_full_disk_for_the_transcript_stops_the_run_as_a_host_error(tmp_path, 
     assert re.search(r"cut short: transcript: cannot write \S+/console.log: No space left on device", done.stderr), done.stderr
     assert done.returncode != 0 and "lab: report: cannot write" in done.stderr, done.stderr
     assert _lab_domains() == before
-    assert not (tmp_path / "scratch").exists() or list((tmp_path / "scratch").iterdir()) == []
+    assert run_scratch_left(tmp_path / "scratch") == []
     (log,) = list(results.rglob("console.log"))
     assert log.stat().st_size > 0   # what fit on the disk is kept

@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from junitparser import JUnitXml
+
+from lab import paths
 
 pytestmark = pytest.mark.live
 
@@ -29,4 +32,10 @@ def test_two_runs_at_once_build_the_image_once_and_do_not_collide(tmp_path):
     assert len(folders) == 2 and all(f.parent.parent == tmp_path / "results" for f in folders)
     assert len({f.parent for f in folders}) == 2   # each invocation has its own results folder
     assert reports[0]["image"]["key"] == reports[1]["image"]["key"]
-    assert list((tmp_path / "cache" / "runs").iterdir()) == []   # both runs' scratch is gone
+    # both runs' scratch is gone; the marked folder that held it stays
+    assert [p.name for p in (tmp_path / "cache" / "runs").iterdir()] == [paths.MARK]
+    for folder in folders:   # the seed's user-data holds the guest's root password
+        assert (folder / "user-data").stat().st_mode & 0o077 == 0
+    for suite_file in (tmp_path / "results").glob("*/junit.xml"):   # a real run's console, escapes and all
+        suite = next(iter(JUnitXml.fromfile(str(suite_file))))
+        assert [case.name for case in suite] == [r["run_id"] for r in reports if r["artifacts"]["dir"].startswith(str(suite_file.parent))]

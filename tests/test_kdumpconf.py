@@ -1,11 +1,11 @@
 """KB2858695's kdump.conf in kdump-tools terms, and the Hyper-V stand-in mapping of the Gen1 profile."""
 import pytest
 
-from lab import domain, kdumpconf, paths, seed
+from lab import kdumpconf, paths, profiles, seed
 from lab import scenario as sc
 from lab.errors import InputError
 
-GEN1 = domain.STANDINS["hyperv-gen1"]
+GEN1 = profiles.STANDINS["hyperv-gen1"]
 
 
 def test_kb_translation_line_by_line():
@@ -33,11 +33,11 @@ def test_without_standins_only_the_named_drivers_go():
 
 
 def test_the_standin_is_the_profiles_paravirtual_disk():
-    gen1 = domain.PROFILES["hyperv-gen1"]
+    gen1 = profiles.PROFILES["hyperv-gen1"]
     paravirtual = [d for d in gen1["disks"] if d["path"] == "vmbus-standin"]
     assert [d["bus"] for d in paravirtual] == ["virtio"]
     assert GEN1["hv_storvsc"] == ["virtio_blk"]
-    assert domain.STALE_VMBUS_TARGET["hyperv-gen1"] == paravirtual[0]["target"]
+    assert profiles.STALE_VMBUS_TARGET["hyperv-gen1"] == paravirtual[0]["target"]
     assert [d["bus"] for d in gen1["disks"] if d["path"] == "ide"] == ["ide"]
     assert gen1["sysinfo"] == {"manufacturer": "Microsoft Corporation", "product": "Virtual Machine"}
 
@@ -69,7 +69,7 @@ def test_bad_translation_is_an_input_error(monkeypatch):
 
 def test_gen1_domain_xml_has_both_paths_and_the_smbios_identity():
     import xml.etree.ElementTree as ET
-    xml = domain.render_xml("hyperv-gen1", accel={"domain_type": "qemu", "cpu_mode": "custom"}, hyperv=[],
+    xml = profiles.render_xml("hyperv-gen1", accel={"domain_type": "qemu", "cpu_mode": "custom"}, hyperv=[],
                             name="panic-lab-x", uuid="6b1e5bd4-3f5e-4b4e-9a36-2f8f0f6e1a10", run_id="x",
                             scenario="s", memory_mib=1024, vcpus=1, kernel="/k", initrd="/i", cmdline="c",
                             overlay="/d.raw", seed="/s.iso", run_as_root=True)

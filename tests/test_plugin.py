@@ -1,4 +1,4 @@
-"""The pytest plugin's Run and Transcript, on the lab's recorded transcripts (no VM), and its refusals."""
+"""The pytest plugin's Run and ConsoleText, on the lab's recorded transcripts (no VM), and its refusals."""
 from pathlib import Path
 
 import pytest

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from lab import domain, seed
+from lab import domain, profiles, seed
 from lab import scenario as sc
 
 TCG = {"domain_type": "qemu", "cpu_mode": "custom"}
@@ -18,10 +18,10 @@ def render(profile="default", **over):
                cmdline="root=LABEL=labroot rw console=ttyS0,115200 crashkernel=256M",
                overlay="/o.qcow2", seed="/s.iso", run_as_root=True)
     ctx.update(over)
-    return domain.render_xml(profile, **ctx)
+    return profiles.render_xml(profile, **ctx)
 
 
-@pytest.mark.parametrize("profile", list(domain.PROFILES))
+@pytest.mark.parametrize("profile", list(profiles.PROFILES))
 def test_domain_xml_is_valid_for_libvirt(tmp_path, need_tool, profile):
     validate = need_tool("virt-xml-validate")
     path = tmp_path / "domain.xml"
@@ -49,7 +49,7 @@ def test_values_cannot_inject_xml():
 
 
 def test_probe_domain_has_no_disks():
-    xml = domain.probe_renderer("/k", run_as_root=False)(TCG, [], "probe")
+    xml = profiles.probe_renderer("/k", run_as_root=False)(TCG, [], "probe")
     root = ET.fromstring(xml)
     assert root.findall("./devices/disk") == []
     assert root.find("./seclabel") is None
@@ -70,7 +70,7 @@ def test_seed_appends_to_kdump_tools_default_command_line():
     assert f'KDUMP_CMDLINE_APPEND="{seed.KDUMP_TOOLS_APPEND} panic=10"' in s.user_data
 
 
-@pytest.mark.parametrize("profile", list(domain.PROFILES))
+@pytest.mark.parametrize("profile", list(profiles.PROFILES))
 def test_a_published_image_boots_from_its_disk_and_may_get_a_user_network(tmp_path, need_tool, profile):
     validate = need_tool("virt-xml-validate")
     xml = render(profile, kernel=None, initrd=None, user_network=True)

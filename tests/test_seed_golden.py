@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import catalog, domain, kdumpconf, seed
+from lab import catalog, kdumpconf, profiles, seed
 from lab import scenario as sc
 
 GOLDEN = Path(__file__).parent / "golden" / "seed"
@@ -29,7 +29,7 @@ CASES = {
 def test_seed_matches_its_golden_file(case):
     guest, name, overrides = CASES[case]
     scenario = sc.with_overrides(sc.resolve(name), overrides)
-    standins = domain.STANDINS.get(scenario.profile, {}) if guest.flavour == "kdump-tools" else {}
+    standins = profiles.STANDINS.get(scenario.profile, {}) if guest.flavour == "kdump-tools" else {}
     rendered = seed.render(scenario, "golden-run", standins, guest).user_data
     golden = GOLDEN / f"{case}.user-data"
     if os.environ.get("LAB_UPDATE_GOLDEN"):

@@ -1,0 +1,70 @@
+"""Many runs: every repeat of every scenario, a few at a time, each holding its share of the host's
+memory (lab/budget.py) while it runs. One run's failure is that run's error; the others go on."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import budget, signals
+from . import image as image_mod
+from .console import CANCEL
+from .errors import HostError, LabError
+from .progress import Board, sink_for
+from .runner import run
+from .scenario import Scenario
+
+
+def default_parallel(scenarios: list[Scenario]) -> int:
+    """One run per core, as many as the free memory holds. Measured (make bench, TCG, 2 cores, panic-reboot
+    batches): 1 at once 0.61 runs/min, 2 at once 1.08, 3 at once about 1.0 with every run ~60 % slower
+    (and nearer its stage deadlines): a run under TCG keeps a core busy, so more runs than cores only queue."""
+    need = max(budget.HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios)
+    return max(1, min(os.cpu_count() or 1, budget.available_mib() // need, sum(s.repeat for s in scenarios)))
+
+
+def error_report(scenario: Scenario, error: LabError) -> dict:
+    """What stands for a run that ended before it had a report of its own."""
+    return {"scenario": dataclasses.asdict(scenario), "error": str(error), "verdict": None,
+            "expectation_met": False if scenario.expect else None,
+            "cut_short": {"by": error.stage, "why": str(error)}}
+
+
+def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr, snapshot: bool = False) -> list[dict]:
+    """Every repeat of every scenario, `parallel` at a time. Returns one report per run, in order."""
+    for name in dict.fromkeys(s.image for s in scenarios):
+        image_mod.ensure(name, log=log)   # built once, here, before any run needs it
+    runs = [s for s in scenarios for _ in range(s.repeat)]
+    ledger = budget.Ledger()
+    log = Board(log) if len(runs) > 1 else sink_for(log)
+    CANCEL.clear()   # a cancelled earlier batch in this process must not stop this one
+
+    def one(scenario: Scenario) -> dict:
+        need = budget.HOST_MIB_PER_GUEST_MIB * scenario.memory_mib
+        waiting = lambda: log.write(f"lab: {scenario.name}: waiting for {need} MiB of host memory "  # noqa: E731
+                                    "(other lab runs on this host hold the rest)\n")
+        with ledger.reserve(need, CANCEL, waiting):
+            try:
+                return run(scenario, results, log, snapshot=snapshot)
+            except Exception as exc:   # libvirt, the OS: still this run's error, never the whole batch's
+                error = exc if isinstance(exc, LabError) else HostError("host", f"{type(exc).__name__}: {exc}")
+                log.write(f"lab: {scenario.name}: {error}\n")
+                return error_report(scenario, error)
+    if parallel <= 1:
+        return [one(s) for s in runs]
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lab-run")
+    futures = [pool.submit(one, s) for s in runs]
+    try:
+        return [f.result() for f in futures]
+    except BaseException:
+        CANCEL.set()   # the workers stop at their next console read and clean up
+        for f in futures:
+            f.cancel()
+        with signals.teardown():
+            pool.shutdown(wait=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        CANCEL.clear()

@@ -1,0 +1,89 @@
+"""Following a panicked guest stage by stage: each stage must be followed by the next within its own
+deadline, or the run stops there with a `stall` host event that the verdict reads. The stale-VMBus
+fault is applied and lifted here too, as the guest passes the panic and the reset."""
+from __future__ import annotations
+
+import time
+
+from .console import Console, ConsoleClosed
+from .domain import Domain
+from .profiles import STALE_VMBUS_TARGET
+from .scenario import Scenario
+from .timeout import Timeout
+from .verdict import derive
+from .vocabulary import NO_STAGE, GuestEvent, HostEvent, Stage
+
+FOLLOW_SECONDS = 1500.0
+PANIC_SECONDS = 60.0
+
+
+def stage_deadlines(s: Scenario) -> dict[str, float]:
+    """How long each stage may last before the next one must show: no new stage by then = stuck."""
+    return {
+        Stage.ARMED: PANIC_SECONDS, Stage.BOOTED: PANIC_SECONDS,   # from the trigger to the panic
+        Stage.PANICKED: s.stall_seconds,
+        Stage.CAPTURE_KERNEL_BOOTED: s.stall_seconds,
+        Stage.DUMP_SAVING: max(s.stall_seconds, 300.0),           # 40 MB through makedumpfile under TCG
+        Stage.DUMP_SAVED: s.stall_seconds,
+        Stage.RESET: s.boot_seconds,
+    }
+
+
+class Fault:
+    """stale-vmbus: from the first kernel's panic until the next reset, the paravirtual disk path gets
+    no I/O through (libvirt block I/O tuning at 1 byte/s); the IDE path is untouched. A reset gives the
+    VM a fresh VMBus, so the fault is lifted then. The guest is never paused and never touched."""
+
+    def __init__(self, dom: Domain, scenario: Scenario, host_event):
+        self.dom, self.scenario, self.host_event = dom, scenario, host_event
+        self.applied = False
+        self.target = STALE_VMBUS_TARGET.get(scenario.profile)
+
+    def on_events(self, events) -> None:
+        if self.scenario.fault != "stale-vmbus":
+            return
+        for event in events:
+            if event.kind == GuestEvent.PANIC and not self.applied and event.t is not None:
+                self.dom.throttle(self.target, 1)
+                self.applied = True
+                self.host_event(HostEvent.FAULT_APPLIED, f"stale-vmbus: {self.target} (virtio-blk, the stand-in for "
+                                                         f"hv_storvsc) throttled to 1 B/s at the panic; IDE untouched")
+            elif event.kind == HostEvent.LIBVIRT_RESET and self.applied:
+                self.dom.throttle(self.target, 0)
+                self.applied = False
+                self.host_event(HostEvent.FAULT_LIFTED, f"stale-vmbus: {self.target} released at the reset (a new VMBus)")
+
+
+def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say, host_event, fault: Fault) -> str:
+    """Read the console through the panic until the guest is back at a login prompt or stops progressing;
+    returns the last stage reached."""
+    limits = stage_deadlines(scenario)
+    current, since = Stage.ARMED, time.monotonic()
+    limit_all = top.child("follow", FOLLOW_SECONDS)
+    transcript = console.transcript
+    seen_host = len(transcript.host_events)
+    while True:
+        try:
+            new = console.pump(min(1.0, max(limit_all.remaining(), 0.01)))
+        except ConsoleClosed:
+            host_event(HostEvent.CONSOLE_CLOSED, f"console closed; domain state {dom.state()}")
+            return current
+        pending = transcript.host_events[seen_host:]
+        seen_host += len(pending)
+        fault.on_events(new + pending)
+        if new:
+            stage = derive(transcript.events()).stage
+            if stage != current and stage != NO_STAGE:
+                current, since = Stage(stage), time.monotonic()
+                say(f"stage {current}", stage=current)
+        if current == Stage.BACK_AT_LOGIN:
+            return current
+        limit = limits.get(current, scenario.stall_seconds)
+        waited = time.monotonic() - since
+        if waited >= limit or limit_all.expired():
+            silent = time.monotonic() - transcript.last_output
+            host_event(HostEvent.STALL, f"no new stage for {waited:.0f} s after {current} "
+                                        f"(deadline {limit:.0f} s; last console output {silent:.0f} s ago; domain {dom.state()})",
+                       deadline_s=round(limit))
+            say(f"no progress past {current} for {waited:.0f} s")
+            return current

@@ -1,0 +1,98 @@
+"""Holes an outside audit found (issue 13), each closed: bad results paths are refused before libvirt is
+asked anything, junit.xml stays well-formed on real console bytes, and (with libvirt) a domain dies with
+the lab's connection and a console taken from another viewer is reported."""
+import os
+import subprocess
+import sys
+import uuid
+
+import libvirt
+import pexpect
+import pytest
+from junitparser import JUnitXml
+
+from conftest import ROOT
+from lab import host, image, paths, profiles, report
+from lab.console import Console
+from lab.timeout import Timeout
+from lab.transcript import Transcript
+
+TRANSCRIPTS = ROOT / "tests" / "transcripts"
+
+
+@pytest.mark.parametrize("results", ["/dev/null/x", "/proc/version/runs"])
+def test_an_impossible_results_folder_is_one_line_before_libvirt_is_asked(tmp_path, results):
+    env = dict(os.environ, LAB_URI="test+unix:///nowhere/at/all", LAB_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-m", "lab", "run", "panic-reboot", "--results", results],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("lab: results: cannot create"), done.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_junit_is_well_formed_on_a_real_console_with_escape_codes(tmp_path):
+    recorded = (TRANSCRIPTS / "gen1-default-capture-kernel-stuck.log").read_bytes()
+    console = recorded.partition(b"\n---\n")[2]
+    assert b"\x1b[" in console   # the case the audit found: ESC in the excerpt
+    (tmp_path / "console.log").write_bytes(console)
+    run = {"scenario": {"name": "hyperv-kdump-default", "expect": "dump"}, "run_id": "r1", "verdict": "hang",
+           "stage": "capture_kernel_booted", "diagnosis": "stuck \x1b[0m", "evidence": [{"line": 640}],
+           "expectation_met": False, "cut_short": None, "artifacts": {"dir": str(tmp_path)},
+           "timings": {"wall_seconds": 1.0}}
+    (tmp_path / "junit.xml").write_text(report.junit([run, {**run, "run_id": "r2", "cut_short": {"by": "host", "why": "x\x07"}}], "t"))
+    suite = next(iter(JUnitXml.fromfile(str(tmp_path / "junit.xml"))))
+    cases = list(suite)
+    assert [c.name for c in cases] == ["r1", "r2"]
+    failure = cases[0].result[0]
+    assert "\\x1b[" in failure.text and "expected dump, got hang: stuck \\x1b[0m" in failure.message
+
+
+# -- with libvirt, no guest booted -------------------------------------------------------------------
+def _paused_domain(conn):
+    kernel = image.cached("debian12")
+    if kernel is None:
+        pytest.fail("the debian12 image is not built (make image builds it)")
+    xml = profiles.probe_renderer(str(kernel.kernel), profiles.run_as_root(conn))(
+        {"domain_type": "qemu", "cpu_mode": "custom"}, [], f"hardening-{uuid.uuid4().hex[:6]}")
+    return host.create_paused(conn, xml)
+
+
+@pytest.mark.live
+def test_a_domain_dies_with_the_connection_that_started_it():
+    """Autodestroy: the net under the lab's own teardown when the lab is killed with -9."""
+    conn = host.connect()
+    name = _paused_domain(conn).name()
+    conn.close()
+    watcher = host.connect()
+    try:
+        with pytest.raises(libvirt.libvirtError):
+            watcher.lookupByName(name)
+    finally:
+        watcher.close()
+
+
+@pytest.mark.live
+def test_a_console_taken_from_another_viewer_is_reported(tmp_path):
+    conn = host.connect()
+    dom = _paused_domain(conn)
+    viewer = pexpect.spawn("virsh", ["-c", conn.getURI(), "console", dom.name()], timeout=20)
+    try:
+        viewer.expect(rb"Escape character is")
+        console = Console(conn.getURI(), dom.name(), Transcript(tmp_path))
+        console.attach(Timeout("attach", 20))
+        assert console.took_over
+        console.close()
+        fresh = _paused_domain(conn)
+        mine = Console(conn.getURI(), fresh.name(), Transcript(_sub(tmp_path)))
+        mine.attach(Timeout("attach", 20))
+        assert not mine.took_over
+        mine.close()
+    finally:
+        viewer.close(force=True)
+        conn.close()   # autodestroy takes both domains
+
+
+def _sub(tmp_path):
+    folder = tmp_path / "second"
+    folder.mkdir()
+    return folder

@@ -1,0 +1,78 @@
+"""Teardown and containment, without libvirt: every cleanup step runs whatever the one before did, one
+run's unexpected error stays that run's, and no console byte is lost when the console closes."""
+import threading
+
+import pexpect
+import pytest
+
+from lab import batch, lifecycle, runner
+from lab.console import CANCEL, Console
+from lab.errors import HostError
+from lab.scenario import BASE_SCENARIOS
+from lab.transcript import Transcript
+
+
+def test_every_teardown_step_runs_and_the_first_failure_names_its_step():
+    ran = []
+
+    def broken():
+        ran.append("destroy")
+        raise OSError("libvirtd went away")
+    with pytest.raises(HostError, match=r"teardown: destroy: libvirtd went away"):
+        lifecycle.run_each([("console", lambda: ran.append("console")), ("destroy", broken),
+                         ("scratch", lambda: ran.append("scratch")), ("snapshot lock", lambda: ran.append("lock"))])
+    assert ran == ["console", "destroy", "scratch", "lock"]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))   # the memory ledger lives there
+
+
+def test_a_run_that_raises_anything_is_its_own_host_error_and_the_others_go_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None: None)
+
+    def run(scenario, results, log, snapshot=False):
+        if scenario.name == "panic-hang":
+            raise OSError(28, "No space left on device")
+        return {"scenario": {"name": scenario.name}, "verdict": "reboot"}
+    monkeypatch.setattr(batch, "run", run)
+    reports = batch.run_many([BASE_SCENARIOS["panic-reboot"], BASE_SCENARIOS["panic-hang"]], tmp_path, parallel=2)
+    assert reports[0]["verdict"] == "reboot"
+    assert reports[1]["verdict"] is None
+    assert reports[1]["cut_short"]["by"] == "host"
+    assert "OSError" in reports[1]["error"] and "No space left" in reports[1]["error"]
+
+
+def test_an_interrupted_batch_does_not_cancel_the_next_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None: None)
+    CANCEL.set()   # what an interrupted earlier batch in this process leaves
+    seen = []
+    monkeypatch.setattr(batch, "run", lambda s, r, log, snapshot=False: seen.append(CANCEL.is_set()) or {"verdict": "hang"})
+    batch.run_many([BASE_SCENARIOS["panic-hang"]], tmp_path, parallel=1)
+    assert seen == [False]
+    assert not CANCEL.is_set()
+
+
+def test_each_run_closes_its_libvirt_connection(tmp_path, monkeypatch):
+    closed = threading.Event()
+
+    class Conn:
+        def close(self):
+            closed.set()
+    monkeypatch.setattr(runner.host, "connect", lambda: Conn())
+    monkeypatch.setattr(runner, "_run", lambda *a: (_ for _ in ()).throw(HostError("image", "cannot build")))
+    with pytest.raises(HostError):
+        runner.run(BASE_SCENARIOS["panic-hang"], tmp_path)
+    assert closed.is_set()
+
+
+def test_closing_the_console_keeps_what_was_still_unread(tmp_path):
+    transcript = Transcript(tmp_path)
+    console = Console("test:///default", "none", transcript)
+    console.child = pexpect.spawn("sh", ["-c", "printf 'Escape character is ^]\\nguest line 1\\nguest line 2\\n'; sleep 1"],
+                                  encoding=None, echo=False, timeout=None)
+    console.child.expect(rb"Escape character is [^\n]*\n")   # as attach() does: pexpect may read past it
+    console.close()
+    transcript.close()
+    assert (tmp_path / "console.log").read_bytes().replace(b"\r", b"") == b"guest line 1\nguest line 2\n"
