@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LAB     := $(VENV)/bin/lab
 export LAB_URI ?= qemu:///system
 
-.PHONY: setup host venv libvirt image lab-run test test-unit test-live bench clean
+.PHONY: setup host venv libvirt image lab-run test check test-unit test-libvirt test-live bench clean
 
 setup: host venv libvirt
 
@@ -31,8 +31,14 @@ lab-run: image
 test: image
 	$(PY) -m pytest -v -rs --durations=20 tests
 
-test-unit: venv
-	$(PY) -m pytest -v -m 'not live' tests
+# The fast tier: no libvirt, no guest (under a minute).
+check: venv
+	$(PY) -m pytest -q -m 'not libvirt and not live' tests
+
+test-unit: check
+
+test-libvirt: libvirt
+	$(PY) -m pytest -v -m libvirt tests
 
 test-live: image
 	$(PY) -m pytest -v -m live tests

@@ -13,15 +13,20 @@ from .errors import LabError
 
 def _scenarios(args) -> list:
     from . import scenario as sc
-    chosen = []
+    chosen, sources = [], []
     for item in args.scenarios or sc.DEFAULT_RUN:
         if item.endswith(".toml") or "/" in item:
-            chosen += sc.load_file(item)
+            loaded = sc.load_file(item)
+            chosen += loaded
+            sources += [item] * len(loaded)
         else:
             chosen.append(sc.resolve(item))
+            sources.append(f"built-in {item}")
     overrides = list(args.set) + ([f"repeat={args.repeat}"] if args.repeat is not None else [])
     overrides += [f"image={args.image}"] if args.image else []
-    return [sc.with_overrides(s, overrides) for s in chosen] if overrides else chosen
+    chosen = [sc.with_overrides(s, overrides) for s in chosen] if overrides else chosen
+    sc.check_total(chosen, sources)   # the invocation as a whole: its size, and one scenario per name
+    return chosen
 
 
 def _check_writable(root: Path) -> None:
@@ -45,6 +50,9 @@ def _cmd_run(args) -> int:
     parallel = args.parallel or batch.default_parallel(scenarios)
     root = Path(args.results) if args.results else paths.results_dir()
     _check_writable(root)
+    missing = host.missing_tools(raw_disks=any(s.profile == "hyperv-gen1" for s in scenarios))
+    if missing:
+        raise LabError("host", f"not installed: {', '.join(missing)}; `make setup` installs them")
     host.connect().close()   # libvirt must answer before a results folder is made
     folder = root / f"lab-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     try:

@@ -1,7 +1,6 @@
 """Stage 2, domain: a throw-away overlay, the cloud-init seed and a transient libvirt domain, started paused."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 
 import libvirt
@@ -57,6 +58,21 @@ def connect(target: str | None = None) -> libvirt.virConnect:
     conn.registerCloseCallback(closed, None)
     conn._lab_close_state = state
     return conn
+
+
+# What a run needs on the host, by what needs it: checked before anything is created.
+RUN_TOOLS = {"virsh": "the serial console", "qemu-img": "overlays and disk copies"}
+SEED_TOOLS = ("genisoimage", "mkisofs")   # either one writes the NoCloud seed
+RAW_DISK_TOOLS = {"e2fsck": "the disk check after a Gen1 run"}
+
+
+def missing_tools(raw_disks: bool) -> list[str]:
+    """Host tools a run would need and cannot find, each with what needs it."""
+    wanted = dict(RUN_TOOLS, **(RAW_DISK_TOOLS if raw_disks else {}))
+    missing = [f"{tool} ({why})" for tool, why in wanted.items() if not shutil.which(tool)]
+    if not any(shutil.which(tool) for tool in SEED_TOOLS):
+        missing.append("genisoimage (the cloud-init seed)")
+    return missing
 
 
 def create_paused(conn: libvirt.virConnect, xml: str) -> libvirt.virDomain:

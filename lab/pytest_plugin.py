@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from . import paths
+from . import paths, recorded
 from .transcript import clean, read
 from .verdict import derive
 from .vocabulary import Stage
@@ -108,11 +108,8 @@ class Run:
 
     @classmethod
     def from_log(cls, path: str | Path) -> "Run":
-        """A saved log; a tests/transcripts header (VERDICT:, ..., ---) above it is skipped."""
-        raw = Path(path).read_bytes()
-        head, sep, rest = raw.partition(b"\n---\n")
-        if sep and head.startswith(b"VERDICT:"):
-            raw = rest
+        """A saved log; a recorded log's header (lab/recorded.py) above it is checked and skipped."""
+        _header, raw = recorded.split(Path(path).read_bytes())
         v = derive(read(raw)).to_json()
         return cls(v, ConsoleText(raw, v["stages"]), None)
 

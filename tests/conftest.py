@@ -1,5 +1,13 @@
+"""Shared by every test: where things are, how a test runs the `lab` command, the test tiers.
+
+Tiers (markers, pyproject.toml):
+  (none)    no libvirt, no guest: the specification of the pure parts; `make check`, under a minute
+  libvirt   talks to libvirtd, boots nothing (seconds)
+  live      boots real guests (minutes each)
+"""
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,6 +16,30 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CORPUS = Path(os.environ.get("LAB_CORPUS") or ROOT.parent / "shared" / "corpus")
+TRANSCRIPTS = ROOT / "tests" / "transcripts"
+TIERS = {"libvirt": 1, "live": 2}
+
+
+def lab_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lab", *args]
+
+
+def run_lab(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """`lab ARGS` to its end, from the checkout, with the test's environment on top of this one's."""
+    kw.setdefault("capture_output", True)
+    kw.setdefault("timeout", 900)
+    return subprocess.run(lab_command(*args), cwd=ROOT, env={**os.environ, **(env or {})}, **kw)
+
+
+def spawn_lab(*args: str, env: dict, **kw) -> subprocess.Popen:
+    """`lab ARGS` in the background, for tests that stop it half-way."""
+    return subprocess.Popen(lab_command(*args), cwd=ROOT, env=env, text=True, **kw)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-recorded", action="store_true",
+                     help="rewrite the VERDICT and STAGE of tests/transcripts/*.log to what the engine says now "
+                          "(review the diff before committing it)")
 
 
 def pytest_configure(config):
@@ -18,8 +50,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Live runs are slow: run the fast unit tests first so a broken classifier fails in seconds.
-    items.sort(key=lambda item: 1 if item.get_closest_marker("live") else 0)
+    # The fast tiers first, so a broken classifier fails in seconds, not after the guests.
+    def tier(item):
+        return max((rank for name, rank in TIERS.items() if item.get_closest_marker(name)), default=0)
+    items.sort(key=tier)
 
 
 @pytest.fixture

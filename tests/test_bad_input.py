@@ -1,23 +1,20 @@
 """Bad input and a broken host: one line that names the problem, and nothing left behind."""
 import dataclasses
-import os
 import re
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import ROOT, run_lab
 
 from lab import host, paths, seed
 from lab import scenario as sc
 from lab.errors import InputError
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def lab(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, **(env or {})), timeout=300)
+    return run_lab(*args, env=env, text=True, timeout=300)
 
 
 def one_line_error(done, stage: str, words: str) -> None:
@@ -159,7 +156,7 @@ def _lab_domains() -> list[str]:
         conn.close()
 
 
-@pytest.mark.live
+@pytest.mark.libvirt   # the run stops at the overlay: no guest boots
 def test_a_full_disk_for_the_overlay_is_a_host_error_with_nothing_left(tmp_path, tiny_disk):
     scratch = tiny_disk(1024)   # a Gen1 run copies the whole disk image: far more than 1 MiB
     before = _lab_domains()
@@ -183,3 +180,17 @@ def test_a_full_disk_for_the_transcript_stops_the_run_as_a_host_error(tmp_path, 
     assert run_scratch_left(tmp_path / "scratch") == []
     (log,) = list(results.rglob("console.log"))
     assert log.stat().st_size > 0   # what fit on the disk is kept
+
+
+def test_a_missing_host_tool_is_named_before_anything_is_created(tmp_path):
+    """Validation before the run, as LAVA's validate pass: no libvirt contact, no disk copy, no results."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("virsh", "genisoimage", "e2fsck"):   # every run tool but qemu-img
+        found = shutil.which(tool)
+        if found:
+            (tools / tool).symlink_to(found)
+    done = lab("run", "hyperv-panic-hang", "--results", str(tmp_path / "results"),
+               env={"PATH": str(tools), "LAB_URI": "test+unix:///nowhere", "LAB_CACHE_DIR": str(tmp_path / "cache")})
+    one_line_error(done, "host", "not installed: qemu-img (overlays and disk copies)")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()

@@ -11,7 +11,7 @@ import pytest
 from lab import clean, host, image, paths, profiles
 from lab.errors import LabError
 
-pytestmark = pytest.mark.live
+pytestmark = pytest.mark.libvirt   # domains are started paused and disk-less: no guest boots
 
 TCG = {"domain_type": "qemu", "cpu_mode": "custom"}
 

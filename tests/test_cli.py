@@ -1,15 +1,13 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import run_lab
+
 PANIC_HANG = b"Linux version 6.1.0 (x@y) (gcc)\nKernel panic - not syncing: sysrq triggered crash\n" \
              b"---[ end Kernel panic - not syncing: sysrq triggered crash ]---\n"
 
 
 def lab(*args, stdin=b""):
-    return subprocess.run([sys.executable, "-m", "lab", *args], input=stdin, capture_output=True, cwd=ROOT)
+    return run_lab(*args, input=stdin)
 
 
 def test_classify_json_from_stdin():

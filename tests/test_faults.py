@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, run_lab, spawn_lab
 from lab import host, paths
 
 pytestmark = pytest.mark.live
 
-ROOT = Path(__file__).resolve().parent.parent
 # stage -> (scenario, the lab's progress line that says the stage is reached, extra wait in seconds)
 POINTS = {
     "image_build": ("panic-reboot", r"^image: mmdebstrap ", 5.0),   # mmdebstrap has mounted proc/sys by then
@@ -72,8 +72,7 @@ def _state(cache: Path, tmp: Path) -> dict:
             "processes": _lab_processes()}
 
 
-def _lab(*args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "lab", *args], cwd=ROOT, env=env, text=True, **kw)
+_lab = spawn_lab
 
 
 def _layout_of_a_machine_that_ran_the_lab(env: dict) -> None:
@@ -123,8 +122,7 @@ def test_killed_lab_leaves_nothing_behind(stage, sig, tmp_path, fresh_cache):
         assert _state(cache, tmp_path / "tmp") == before, "the lab left something behind without `lab clean`"
     else:   # libvirt itself destroys the domain when the killed lab's connection closes (autodestroy)
         assert _eventually(lambda: _state(cache, tmp_path / "tmp")["domains"] == before["domains"]), "a domain outlived kill -9"
-    cleaned = subprocess.run([sys.executable, "-m", "lab", "clean"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=120)
+    cleaned = run_lab("clean", env=env, text=True, timeout=120)
     assert cleaned.returncode == 0, cleaned.stderr
     assert _state(cache, tmp_path / "tmp") == before, cleaned.stdout
 

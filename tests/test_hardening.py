@@ -12,7 +12,7 @@ import pytest
 from junitparser import JUnitXml
 
 from conftest import ROOT
-from lab import host, image, paths, profiles, report
+from lab import host, image, profiles, recorded, report
 from lab.console import Console
 from lab.timeout import Timeout
 from lab.transcript import Transcript
@@ -31,8 +31,7 @@ def test_an_impossible_results_folder_is_one_line_before_libvirt_is_asked(tmp_pa
 
 
 def test_junit_is_well_formed_on_a_real_console_with_escape_codes(tmp_path):
-    recorded = (TRANSCRIPTS / "gen1-default-capture-kernel-stuck.log").read_bytes()
-    console = recorded.partition(b"\n---\n")[2]
+    console = recorded.load(TRANSCRIPTS / "gen1-default-capture-kernel-stuck.log").console
     assert b"\x1b[" in console   # the case the audit found: ESC in the excerpt
     (tmp_path / "console.log").write_bytes(console)
     run = {"scenario": {"name": "hyperv-kdump-default", "expect": "dump"}, "run_id": "r1", "verdict": "hang",
@@ -57,7 +56,7 @@ def _paused_domain(conn):
     return host.create_paused(conn, xml)
 
 
-@pytest.mark.live
+@pytest.mark.libvirt
 def test_a_domain_dies_with_the_connection_that_started_it():
     """Autodestroy: the net under the lab's own teardown when the lab is killed with -9."""
     conn = host.connect()
@@ -71,7 +70,7 @@ def test_a_domain_dies_with_the_connection_that_started_it():
         watcher.close()
 
 
-@pytest.mark.live
+@pytest.mark.libvirt
 def test_a_console_taken_from_another_viewer_is_reported(tmp_path):
     conn = host.connect()
     dom = _paused_domain(conn)

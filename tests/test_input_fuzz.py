@@ -5,7 +5,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest

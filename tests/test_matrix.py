@@ -1,18 +1,17 @@
 """A scenario file with a matrix, two runs at once, on real guests: the other panic triggers, the
 results folder (summary.json, junit.xml, one folder per run) and the exit code."""
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
+
+from conftest import ROOT, run_lab
 from xml.etree import ElementTree as ET
 
 import pytest
 
 pytestmark = pytest.mark.live
 
-ROOT = Path(__file__).resolve().parent.parent
 MATRIX = """
 [[scenario]]
 base = "kdump"
@@ -29,9 +28,8 @@ trigger = ["nmi", "cpu:1"]
 def matrix_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("matrix")
     (tmp / "triggers.toml").write_text(MATRIX)
-    done = subprocess.run([sys.executable, "-m", "lab", "run", str(tmp / "triggers.toml"), "--parallel", "2",
-                           "--results", str(tmp / "results")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env=dict(os.environ))
+    done = run_lab("run", str(tmp / "triggers.toml"), "--parallel", "2", "--results", str(tmp / "results"),
+                   text=True, timeout=900)
     (folder,) = (tmp / "results").iterdir()
     return done, folder
 

@@ -3,19 +3,17 @@ from pathlib import Path
 
 import pytest
 
+from lab import recorded
+
 pytest_plugins = ["pytester"]
 TRANSCRIPTS = sorted((Path(__file__).parent / "transcripts").glob("*.log"))
-
-
-def header(path: Path) -> dict:
-    head = path.read_text(errors="replace").split("\n---\n", 1)[0]
-    return dict(line.split(": ", 1) for line in head.splitlines() if ": " in line)
 
 
 @pytest.mark.parametrize("path", TRANSCRIPTS, ids=[p.stem for p in TRANSCRIPTS])
 def test_a_saved_log_loads_into_the_same_run_object(lab_recorded, path):
     run = lab_recorded(path)
-    assert (run.verdict, run.report["stage"]) == (header(path)["VERDICT"], header(path)["STAGE"])
+    label = recorded.load(path)
+    assert (run.verdict, run.report["stage"]) == (label.verdict, label.stage)
     assert run.transcript.contains("Kernel panic - not syncing")
     assert run.stage("panicked").t is None            # a saved log has no host times
     first = run.stage("booted") if "booted" in run.stages else run.stage("panicked")

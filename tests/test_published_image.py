@@ -7,30 +7,26 @@ and panics it. What cannot be run here is booting the real published images (no 
 """
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_lab
 from lab import image, paths
 from loopback import Server
 
-ROOT = Path(__file__).resolve().parent.parent
 BUILT = image.cached("debian12")
 NAME = "local-debian12-bootable"
 
 
-def run_lab(*args, catalog: Path, results: Path, timeout: float):
-    env = dict(os.environ, LAB_CATALOG=str(catalog))
-    return subprocess.run([sys.executable, "-m", "lab", "run", *args, "--results", str(results)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def lab_run(*args, catalog: Path, results: Path, timeout: float):
+    return run_lab("run", *args, "--results", str(results), env={"LAB_CATALOG": str(catalog)}, text=True,
+                   timeout=timeout)
 
 
 def test_an_unknown_image_is_one_line_and_makes_nothing(tmp_path):
-    done = run_lab("kdump", "--image", "nope", catalog=paths.IMAGES / "catalog.toml", results=tmp_path / "r",
+    done = lab_run("kdump", "--image", "nope", catalog=paths.IMAGES / "catalog.toml", results=tmp_path / "r",
                    timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "unknown image 'nope'" in done.stderr and "ubuntu24.04" in done.stderr
@@ -38,15 +34,14 @@ def test_an_unknown_image_is_one_line_and_makes_nothing(tmp_path):
 
 
 def test_a_published_image_takes_no_kernel_command_line(tmp_path):
-    done = run_lab("kdump", "--image", "rocky9", "--set", "extra_cmdline=quiet",
+    done = lab_run("kdump", "--image", "rocky9", "--set", "extra_cmdline=quiet",
                    catalog=paths.IMAGES / "catalog.toml", results=tmp_path / "r", timeout=60)
     assert done.returncode == 2 and "extra_cmdline needs a direct kernel boot" in done.stderr, done.stderr
     assert not (tmp_path / "r").exists()
 
 
 def test_building_a_published_image_is_refused_with_the_way_to_get_it():
-    done = subprocess.run([sys.executable, "-m", "lab", "images", "build", "rocky9"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    done = run_lab("images", "build", "rocky9", text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "lab images pull" in done.stderr, done.stderr
 
 
@@ -77,7 +72,7 @@ def test_run_pulls_a_published_image_and_boots_it_through_its_own_grub(published
     """On the Gen1 model with the KB's kdump configuration: the distribution image users run on Azure.
     (The default profile's `kdump` takes the same path with one disk fewer; it was run by hand.)"""
     catalog, server = published
-    done = run_lab("hyperv-kdump-kb2858695", "--image", NAME, "--json", catalog=catalog,
+    done = lab_run("hyperv-kdump-kb2858695", "--image", NAME, "--json", catalog=catalog,
                    results=tmp_path / "results", timeout=1200)
     tail = done.stderr[-3000:]
     assert done.returncode == 0, tail

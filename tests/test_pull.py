@@ -5,15 +5,14 @@ import hashlib
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_lab, spawn_lab
 from lab import catalog
 from loopback import Server
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -58,8 +57,7 @@ def pull(tmp_path, catalog: str, name: str, env=None):
     (tmp_path / "catalog.toml").write_text(catalog)
     env = dict(os.environ, LAB_CATALOG=str(tmp_path / "catalog.toml"), LAB_CACHE_DIR=str(tmp_path / "cache"),
                **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "lab", "images", "pull", name], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return spawn_lab("images", "pull", name, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def entry(name, url, **extra):
@@ -80,7 +78,7 @@ def test_pull_verifies_against_a_pinned_digest_and_caches_once(server, tmp_path,
     again = pull(tmp_path, catalog, "local")
     assert again.communicate(timeout=60)[0].strip() == str(cached) and again.returncode == 0
     assert len(server.gets("/img/disk.qcow2")) == 1   # the second pull found it in the cache
-    listing = subprocess.run([sys.executable, "-m", "lab", "images"], cwd=ROOT, capture_output=True, text=True,
+    listing = run_lab("images", text=True,
                              env=dict(os.environ, LAB_CATALOG=str(tmp_path / "catalog.toml"),
                                       LAB_CACHE_DIR=str(tmp_path / "cache")))
     assert re.search(r"local\s+debian kdump-tools\s+cached, \d+ MiB", listing.stdout), listing.stdout
@@ -190,7 +188,7 @@ def test_a_pull_that_gets_nothing_is_one_line_and_lab_clean_removes_its_folder(s
     folder = tmp_path / "cache" / "cloud" / "local"
     assert list(folder.iterdir()) == []
     env = dict(os.environ, LAB_CATALOG=str(tmp_path / "catalog.toml"), LAB_CACHE_DIR=str(tmp_path / "cache"))
-    cleaned = subprocess.run([sys.executable, "-m", "lab", "clean"], cwd=ROOT, env=env, capture_output=True, text=True)
+    cleaned = run_lab("clean", env=env, text=True)
     assert f"removed empty image folder {folder}" in cleaned.stdout, cleaned.stdout + cleaned.stderr
     assert not folder.exists()
 

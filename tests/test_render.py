@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from lab import domain, profiles, seed
+from lab import profiles, seed
 from lab import scenario as sc
 
 TCG = {"domain_type": "qemu", "cpu_mode": "custom"}

@@ -5,7 +5,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from lab import report
+from lab import recorded, report
 from lab import scenario as sc
 from lab.errors import InputError
 from lab.transcript import read
@@ -177,8 +177,7 @@ def test_check_total_refuses_two_different_scenarios_under_one_name(tmp_path):
 def _recorded(name: str, scenario: str, expect: str) -> dict:
     """A report built from one of the lab's recorded transcripts (as the runner builds it)."""
     path = ROOT / "tests" / "transcripts" / name
-    text = path.read_bytes().split(b"\n---\n", 1)[1]
-    v = derive(read(text))
+    v = derive(read(recorded.load(path).console))
     return {"run_id": f"{scenario}-1", "scenario": {"name": scenario, "expect": expect}, "verdict": v.verdict,
             "stage": v.stage, "diagnosis": v.diagnosis, "expectation_met": v.verdict == expect,
             "stages": [vars(s) for s in v.stages], "evidence": [{"line": e.line, "text": e.text} for e in v.evidence],

@@ -1,0 +1,81 @@
+"""Recorded logs as test data, in the manner of syzkaller's testdata: a strict header, a `---` line,
+then the console bytes exactly as recorded or published.
+
+    VERDICT: hang
+    STAGE: panicked
+    SOURCE: where the log comes from (a lab run id, a list message-id, a URL, and a date)
+    NOTES: why the label holds: the decisive lines, and what the reporter said happened
+    ---
+    <console bytes>
+
+Each key once, in this order; any other key, a missing one, or an unknown verdict or stage is an error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .vocabulary import NO_STAGE, Outcome, Stage
+
+KEYS = ("VERDICT", "STAGE", "SOURCE", "NOTES")
+SEPARATOR = b"\n---\n"
+
+
+class MalformedLog(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class RecordedLog:
+    path: Path
+    verdict: str
+    stage: str
+    source: str
+    notes: str
+    console: bytes
+
+    def with_label(self, verdict: str, stage: str) -> bytes:
+        """The same file, relabelled (the update mode): only VERDICT and STAGE change."""
+        header = "".join(f"{key}: {value}\n" for key, value in
+                         zip(KEYS, (verdict, stage, self.source, self.notes)))
+        return header.encode() + b"---\n" + self.console
+
+
+def split(raw: bytes) -> tuple[dict[str, str] | None, bytes]:
+    """(header, console) of a saved log; (None, raw) when it has no header at all."""
+    head, sep, console = raw.partition(SEPARATOR)
+    if not sep or not head.startswith(b"VERDICT:"):
+        return None, raw
+    return _header(head), console
+
+
+def _header(head: bytes) -> dict[str, str]:
+    try:
+        lines = head.decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise MalformedLog(f"header is not UTF-8 ({exc.reason})") from None
+    found: dict[str, str] = {}
+    for line in lines:
+        key, colon, value = line.partition(":")
+        if not colon or key not in KEYS:
+            raise MalformedLog(f"unknown header line {line[:60]!r} (keys: {', '.join(KEYS)})")
+        if key in found:
+            raise MalformedLog(f"{key} given twice")
+        found[key] = value.strip()
+    if tuple(found) != KEYS:
+        raise MalformedLog(f"header keys {', '.join(found)}; expected {', '.join(KEYS)}, in that order")
+    if found["VERDICT"] not in set(Outcome):
+        raise MalformedLog(f"VERDICT {found['VERDICT']!r} is not one of {', '.join(Outcome)}")
+    if found["STAGE"] not in set(Stage) | {NO_STAGE}:
+        raise MalformedLog(f"STAGE {found['STAGE']!r} is not a stage ({', '.join(Stage)}, {NO_STAGE})")
+    return found
+
+
+def load(path: Path) -> RecordedLog:
+    try:
+        header, console = split(Path(path).read_bytes())
+    except MalformedLog as exc:
+        raise MalformedLog(f"{path}: {exc}") from None
+    if header is None:
+        raise MalformedLog(f"{path}: no header (VERDICT: ... then a --- line)")
+    return RecordedLog(Path(path), header["VERDICT"], header["STAGE"], header["SOURCE"], header["NOTES"], console)
