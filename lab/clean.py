@@ -64,7 +64,7 @@ def clean(images: bool = False, force: bool = False, snapshots: bool = False) ->
     try:
         _domains(conn, c)
     finally:
-        conn.close()
+        host.disconnect(conn)
     _scratch(c)
     cache = paths.cache_dir()
     if cache.exists() and not paths.is_marked(cache):

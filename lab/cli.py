@@ -53,7 +53,7 @@ def _cmd_run(args) -> int:
     missing = host.missing_tools(raw_disks=any(s.profile == "hyperv-gen1" for s in scenarios))
     if missing:
         raise LabError("host", f"not installed: {', '.join(missing)}; `make setup` installs them")
-    host.connect().close()   # libvirt must answer before a results folder is made
+    host.disconnect(host.connect())   # libvirt must answer before a results folder is made
     folder = root / f"lab-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     try:
         folder.mkdir(parents=True)

@@ -18,6 +18,7 @@ from .transcript import Event, Transcript
 LOGIN_RESULT = re.compile(r"root@[^:\s]+:[^\n]*# ?$|Login incorrect", re.M)
 KEY_VALUE = re.compile(r"^lab:([\w.-]+)=(.*)$")
 CONSOLE_BUSY = rb"[Aa]ctive console session exists"   # virsh, when another viewer holds the console
+BUSY_WAIT = 1.0   # seconds virsh is given to refuse, after its banner
 
 
 class ConsoleClosed(HostError):
@@ -56,7 +57,9 @@ class Console:
                 said = (self.child.before or b"").decode(errors="replace").strip()
                 self._stop()
                 raise HostError("console", f"virsh console did not attach to {self.domain_name}: {said[:200] or 'no output'}") from None
-            if found == 0:
+            # virsh prints its banner before it opens the console: a viewer already there shows as
+            # virsh's refusal right after. The domain is paused, so nothing else arrives meanwhile.
+            if found == 0 and self.child.expect([CONSOLE_BUSY, pexpect.EOF, pexpect.TIMEOUT], timeout=BUSY_WAIT) == 2:
                 self.took_over = force
                 return
             self._stop()   # virsh's refusal is not guest output: nothing of it goes to the transcript

@@ -81,6 +81,19 @@ def create_paused(conn: libvirt.virConnect, xml: str) -> libvirt.virDomain:
     return conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY)
 
 
+def disconnect(conn: libvirt.virConnect) -> None:
+    """Really close a connection: the close callback holds a reference to it, so close() alone would
+    leave it open (and libvirt would never autodestroy the domains started on it)."""
+    try:
+        conn.unregisterCloseCallback()
+    except libvirt.libvirtError:
+        pass
+    try:
+        conn.close()
+    except libvirt.libvirtError:
+        pass   # libvirtd went away: nothing left to close
+
+
 def lost(conn: libvirt.virConnect) -> str | None:
     """Why libvirt closed this connection, or None while it is open."""
     return getattr(conn, "_lab_close_state", {}).get("lost")

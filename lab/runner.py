@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import libvirt
 
 from . import accel as accel_mod
 from . import host, kdumpconf
@@ -44,10 +43,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
     try:
         return _run(conn, scenario, results, sink_for(log), snapshot, top)
     finally:
-        try:
-            conn.close()   # libvirt destroys any domain this connection still holds (autodestroy)
-        except libvirt.libvirtError:
-            pass   # libvirtd went away: nothing left to close
+        host.disconnect(conn)   # libvirt destroys any domain this connection still holds (autodestroy)
 
 
 def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Timeout) -> dict:

@@ -13,6 +13,11 @@ from lab import host, paths, seed
 from lab import scenario as sc
 from lab.errors import InputError
 
+# For `lab run` with input that must be refused: should a value slip through, the run stops at an
+# unreachable libvirt instead of booting a guest in a test that is not marked live.
+NO_LIBVIRT = {"LAB_URI": "qemu+unix:///system?socket=/nonexistent/libvirt-sock"}
+
+
 def lab(*args, env=None):
     return run_lab(*args, env=env, text=True, timeout=300)
 
@@ -37,7 +42,7 @@ def one_line_error(done, stage: str, words: str) -> None:
     ("trigger=nmi\n", "trigger='nmi\\n': expected sysrq, nmi or cpu:N"),
 ])
 def test_out_of_range_and_unknown_values_are_refused_before_anything_exists(tmp_path, override, words):
-    done = lab("run", "kdump", "--set", override, "--results", str(tmp_path / "results"))
+    done = lab("run", "kdump", "--set", override, "--results", str(tmp_path / "results"), env=NO_LIBVIRT)
     one_line_error(done, "scenario", words)
     assert not (tmp_path / "results").exists()
 
@@ -63,7 +68,7 @@ def _folder(path: Path) -> Path:
 @pytest.mark.parametrize("make, words", [(_binary, "not UTF-8 text (byte 0 is 0x89)"), (_folder, "Is a directory")])
 def test_a_scenario_file_that_is_not_text_is_one_line(tmp_path, make, words):
     path = make(tmp_path / "runs.toml")
-    done = lab("run", str(path), "--results", str(tmp_path / "results"))
+    done = lab("run", str(path), "--results", str(tmp_path / "results"), env=NO_LIBVIRT)
     one_line_error(done, "scenario", words)
     assert str(path) in done.stderr and not (tmp_path / "results").exists()
 
@@ -125,13 +130,13 @@ def test_no_mmdebstrap_is_one_line_and_builds_nothing(tmp_path):
     assert not list((tmp_path / "cache").rglob("*-build-*"))
 
 
-@pytest.fixture
 def run_scratch_left(work: Path) -> list[str]:
     """What runs left in LAB_WORK_DIR, beyond the lab's own marked folder (which stays, by design)."""
     return sorted(str(p.relative_to(work)) for p in work.rglob("*")
                   if p != work / "panic-lab" and p != work / "panic-lab" / paths.MARK) if work.exists() else []
 
 
+@pytest.fixture
 def tiny_disk(tmp_path):
     """A tmpfs of a few KiB: a full disk, without filling the host's."""
     def make(kib: int) -> Path:
@@ -153,7 +158,7 @@ def _lab_domains() -> list[str]:
     try:
         return [d.name() for d in conn.listAllDomains() if d.name().startswith(paths.NAME_PREFIX)]
     finally:
-        conn.close()
+        host.disconnect(conn)
 
 
 @pytest.mark.libvirt   # the run stops at the overlay: no guest boots

@@ -67,7 +67,7 @@ def _state(cache: Path, tmp: Path) -> dict:
     try:
         domains = sorted(d.name() for d in conn.listAllDomains())
     finally:
-        conn.close()
+        host.disconnect(conn)
     return {"domains": domains, "cache": _tree(cache), "tmp": set(os.listdir(tmp)),
             "processes": _lab_processes()}
 
