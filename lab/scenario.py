@@ -287,12 +287,12 @@ def check_total(scenarios: list[Scenario], sources: list[str] | None = None) -> 
     if total > MAX_RUNS:
         raise InputError("scenario", f"{len(scenarios)} scenario(s) add up to {total} runs, repeats included; "
                                      f"the limit is {MAX_RUNS} per invocation")
+    def origin(k: int) -> str:
+        return _shown_path(sources[k]) if sources else f"scenario #{k + 1} of the list"
     first: dict[str, int] = {}
     for i, s in enumerate(scenarios):
         j = first.setdefault(s.name, i)
         if scenarios[j] != s:
-            def origin(k: int) -> str:
-                return _shown_path(sources[k]) if sources else f"scenario #{k + 1} of the list"
             raise InputError("scenario", f"two different scenarios are named {s.name} (from {origin(j)} and from "
                                          f"{origin(i)}): their runs would be merged under that name")
 
