@@ -2,7 +2,6 @@
 memory (lab/budget.py) while it runs. One run's failure is that run's error; the others go on."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ from . import image as image_mod
 from .console import CANCEL
 from .errors import HostError, LabError
 from .progress import Board, sink_for
+from .report import ErrorReport
 from .runner import run
 from .scenario import Scenario
 
@@ -25,15 +25,9 @@ def default_parallel(scenarios: list[Scenario]) -> int:
     return max(1, min(os.cpu_count() or 1, budget.available_mib() // need, sum(s.repeat for s in scenarios)))
 
 
-def error_report(scenario: Scenario, error: LabError) -> dict:
-    """What stands for a run that ended before it had a report of its own."""
-    return {"scenario": dataclasses.asdict(scenario), "error": str(error), "verdict": None,
-            "expectation_met": False if scenario.expect else None,
-            "cut_short": {"by": error.stage, "why": str(error)}}
-
-
 def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr, snapshot: bool = False) -> list[dict]:
-    """Every repeat of every scenario, `parallel` at a time. Returns one report per run, in order."""
+    """Every repeat of every scenario, `parallel` at a time. Returns one report per run, in order, as
+    report.json has it (the invocation's summary, junit.xml and report.html are made from that)."""
     for name in dict.fromkeys(s.image for s in scenarios):
         image_mod.ensure(name, log=log)   # built once, here, before any run needs it
     runs = [s for s in scenarios for _ in range(s.repeat)]
@@ -47,11 +41,11 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.st
                                     "(other lab runs on this host hold the rest)\n")
         with ledger.reserve(need, CANCEL, waiting):
             try:
-                return run(scenario, results, log, snapshot=snapshot)
+                return run(scenario, results, log, snapshot=snapshot).to_json()
             except Exception as exc:   # libvirt, the OS: still this run's error, never the whole batch's
                 error = exc if isinstance(exc, LabError) else HostError("host", f"{type(exc).__name__}: {exc}")
                 log.write(f"lab: {scenario.name}: {error}\n")
-                return error_report(scenario, error)
+                return ErrorReport(scenario, error.stage, str(error)).to_json()
     if parallel <= 1:
         return [one(s) for s in runs]
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lab-run")

@@ -120,7 +120,7 @@ def hang_declaration(report: dict) -> dict | None:
 def bench_scenarios(names, runs: int, results: Path) -> dict:
     out = {}
     for name in names:
-        reports = [runner.run(sc.resolve(name), results) for _ in range(runs)]
+        reports = [runner.run(sc.resolve(name), results).to_json() for _ in range(runs)]
         hangs = [h for h in map(hang_declaration, reports) if h]
         out[name] = {
             "runs": runs, "verdicts": [r["verdict"] for r in reports],
@@ -143,8 +143,8 @@ def _to_login(report: dict) -> float | None:
 def bench_snapshot(runs: int, results: Path, name: str = "kdump") -> dict:
     """A cold run against a repeat restored from a snapshot (the snapshot made first, not timed)."""
     runner.run(sc.resolve(name), results, snapshot=True)   # makes the snapshot if there is none
-    cold = [runner.run(sc.resolve(name), results) for _ in range(runs)]
-    warm = [runner.run(sc.resolve(name), results, snapshot=True) for _ in range(runs)]
+    cold = [runner.run(sc.resolve(name), results).to_json() for _ in range(runs)]
+    warm = [runner.run(sc.resolve(name), results, snapshot=True).to_json() for _ in range(runs)]
     return {"scenario": name, "runs": runs,
             "cold_resume_to_next_login_median": _median([_to_login(r) for r in cold]),
             "snapshot_restore_to_next_login_median": _median([_to_login(r) for r in warm]),

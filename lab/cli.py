@@ -43,7 +43,7 @@ def _check_writable(root: Path) -> None:
 def _cmd_run(args) -> int:
     import time
     import uuid
-    from . import batch, host, report
+    from . import batch, host, results
     scenarios = _scenarios(args)   # everything is validated before anything is created
     if args.parallel is not None and not 1 <= args.parallel <= 16:
         raise LabError("run", f"--parallel {args.parallel} is outside 1..16")
@@ -63,11 +63,11 @@ def _cmd_run(args) -> int:
     print(f"lab: {runs} run(s), {parallel} at a time; results in {folder}", file=sys.stderr, flush=True)
     started = time.monotonic()
     reports = batch.run_many(scenarios, folder, parallel, snapshot=args.snapshot)
-    data = report.write_invocation(folder, reports, parallel, time.monotonic() - started)
+    data = results.write_invocation(folder, reports, parallel, time.monotonic() - started)
     if args.json:
         print(json.dumps(reports, indent=2, default=str))
     else:
-        print(report.table(reports))
+        print(results.table(reports))
         for name, row in data["scenarios"].items():
             if row["runs"] > 1:
                 rates = ", ".join(f"{v} {n}" for v, n in row["counts"].items() if n)

@@ -150,7 +150,7 @@ def lab_run(request, lab_results) -> Run:
     scenario = sc.with_overrides(sc.resolve(marker.kwargs["scenario"]), overrides)
     runs = request.config._lab_runs
     if scenario not in runs:
-        runs[scenario] = Run.from_report(runner.run(scenario, lab_results))
+        runs[scenario] = Run.from_report(runner.run(scenario, lab_results).to_json())
     request.node._lab_run = runs[scenario]
     return runs[scenario]
 

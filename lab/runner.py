@@ -32,7 +32,7 @@ def new_run_id(scenario: Scenario) -> str:
     return f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = False) -> dict:
+def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = False) -> report_mod.RunReport:
     """Run one scenario on a real guest; return its report (also written to report.json).
 
     snapshot=True restores the guest, ready to panic, from a snapshot of its configuration (made by a
@@ -46,7 +46,7 @@ def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = Fals
         host.disconnect(conn)   # libvirt destroys any domain this connection still holds (autodestroy)
 
 
-def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Timeout) -> dict:
+def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Timeout) -> report_mod.RunReport:
     run_id = new_run_id(scenario)
     artifacts = results / run_id
     say = Reporter(run_id, sink, top.started)
@@ -94,17 +94,15 @@ def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Tim
         with top.step("teardown"):
             life.teardown()
         if cut_short and cut_short["by"] == "user":
-            report_mod.write(artifacts, report_mod.partial(scenario, run_id, accel, image, cut_short))
+            report_mod.write(artifacts, report_mod.InterruptedReport(run_id, scenario, accel.name, image.name, cut_short))
     with top.step("classify"):
         verdict = life.verdict()
     facts = life.facts
     facts["console"] = {"took_over_from_another_viewer": life.console.took_over}
     report = report_mod.build(uri=uri, run_id=run_id, scenario=scenario, accel=accel, image=image, verdict=verdict,
                               facts=facts, transcript=life.transcript, artifacts=artifacts, timings=top.spent,
-                              wall=top.elapsed(), cut_short=cut_short,
-                              profile=life.profile())
-    report["warnings"] = warnings
-    report["snapshot"] = {"key": snap.folder.name, "clock": facts.get("clock")} if snap else None
+                              wall=top.elapsed(), cut_short=cut_short, profile=life.profile(), warnings=warnings,
+                              snapshot={"key": snap.folder.name, "clock": facts.get("clock")} if snap else None)
     report_mod.write(artifacts, report)
     say(f"verdict {verdict.verdict} at {verdict.stage}: {verdict.diagnosis}", verdict=verdict.verdict)
     return report

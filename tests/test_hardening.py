@@ -13,7 +13,7 @@ import pytest
 from junitparser import JUnitXml
 
 from conftest import ROOT
-from lab import host, image, profiles, recorded, report
+from lab import host, image, profiles, recorded, results
 from lab.console import Console
 from lab.timeout import Timeout
 from lab.transcript import Transcript
@@ -39,7 +39,7 @@ def test_junit_is_well_formed_on_a_real_console_with_escape_codes(tmp_path):
            "stage": "capture_kernel_booted", "diagnosis": "stuck \x1b[0m", "evidence": [{"line": 640}],
            "expectation_met": False, "cut_short": None, "artifacts": {"dir": str(tmp_path)},
            "timings": {"wall_seconds": 1.0}}
-    (tmp_path / "junit.xml").write_text(report.junit([run, {**run, "run_id": "r2", "cut_short": {"by": "host", "why": "x\x07"}}], "t"))
+    (tmp_path / "junit.xml").write_text(results.junit([run, {**run, "run_id": "r2", "cut_short": {"by": "host", "why": "x\x07"}}], "t"))
     suite = next(iter(JUnitXml.fromfile(str(tmp_path / "junit.xml"))))
     cases = list(suite)
     assert [c.name for c in cases] == ["r1", "r2"]

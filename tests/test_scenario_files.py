@@ -5,7 +5,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from lab import recorded, report
+from lab import recorded, results
 from lab import scenario as sc
 from lab.errors import InputError
 from lab.transcript import read
@@ -190,7 +190,7 @@ def test_summary_gives_rates_and_junit_one_testcase_per_run(tmp_path):
             _recorded("panic-hang-kernel-panic-0.log", "panic-hang", "hang")]
     folder = tmp_path / "lab-1"
     folder.mkdir()
-    data = report.write_invocation(folder, runs, parallel=2, wall=200.0)
+    data = results.write_invocation(folder, runs, parallel=2, wall=200.0)
     kdump = data["scenarios"]["kdump"]
     assert kdump["runs"] == 2 and kdump["counts"]["dump"] == 1 and kdump["counts"]["reboot"] == 1
     assert kdump["rates"] == {"reboot": 0.5, "dump": 0.5} and kdump["expectation_met"] == 1
@@ -211,7 +211,7 @@ def test_a_plain_scenario_keeps_the_defaults_it_does_not_set(tmp_path):
 def test_the_html_report_escapes_what_it_shows(tmp_path):
     run = _recorded("panic-hang-kernel-panic-0.log", "panic-hang", "hang")
     run["diagnosis"] = "<script>alert(1)</script>"
-    data = report.summary([run], "lab-x", 1, 10.0)
-    page = report.html_report([run], data)
+    data = results.summary([run], "lab-x", 1, 10.0)
+    page = results.html_report([run], data)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert '<table id="matrix">' in page and "panic-hang" in page

@@ -37,7 +37,7 @@ def test_a_restore_gets_its_own_disk_and_owner():
 @pytest.mark.lab(scenario="kdump")
 def test_snapshot_repeats_agree_with_a_cold_run(lab_run, lab_results):
     cold = lab_run.report
-    repeats = [runner.run(sc.resolve("kdump"), lab_results, snapshot=True) for _ in range(2)]
+    repeats = [runner.run(sc.resolve("kdump"), lab_results, snapshot=True).to_json() for _ in range(2)]
     for r in repeats:
         assert r["cut_short"] is None, r["cut_short"]
         assert (r["verdict"], r["stage"]) == (cold["verdict"], cold["stage"]), r["diagnosis"]

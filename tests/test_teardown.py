@@ -24,6 +24,12 @@ def test_every_teardown_step_runs_and_the_first_failure_names_its_step():
     assert ran == ["console", "destroy", "scratch", "lock"]
 
 
+class Reported(dict):
+    """What the scheduler gets from a run: an object that gives its report.json form."""
+    def to_json(self):
+        return dict(self)
+
+
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))   # the memory ledger lives there
@@ -35,7 +41,7 @@ def test_a_run_that_raises_anything_is_its_own_host_error_and_the_others_go_on(t
     def run(scenario, results, log, snapshot=False):
         if scenario.name == "panic-hang":
             raise OSError(28, "No space left on device")
-        return {"scenario": {"name": scenario.name}, "verdict": "reboot"}
+        return Reported({"scenario": {"name": scenario.name}, "verdict": "reboot"})
     monkeypatch.setattr(batch, "run", run)
     reports = batch.run_many([BASE_SCENARIOS["panic-reboot"], BASE_SCENARIOS["panic-hang"]], tmp_path, parallel=2)
     assert reports[0]["verdict"] == "reboot"
@@ -48,7 +54,7 @@ def test_an_interrupted_batch_does_not_cancel_the_next_one(tmp_path, monkeypatch
     monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None: None)
     CANCEL.set()   # what an interrupted earlier batch in this process leaves
     seen = []
-    monkeypatch.setattr(batch, "run", lambda s, r, log, snapshot=False: seen.append(CANCEL.is_set()) or {"verdict": "hang"})
+    monkeypatch.setattr(batch, "run", lambda s, r, log, snapshot=False: seen.append(CANCEL.is_set()) or Reported({"verdict": "hang"}))
     batch.run_many([BASE_SCENARIOS["panic-hang"]], tmp_path, parallel=1)
     assert seen == [False]
     assert not CANCEL.is_set()

@@ -1,0 +1,201 @@
+"""Stage 6 for a set of runs: summary.json (rates, percentiles), junit.xml, report.html and the table
+printed at the end of `lab run`, made from the runs' report.json form."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .errors import HostError
+from .vocabulary import HostEvent, Stage
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3)
+
+
+def _stage_times(report: dict) -> dict[str, float]:
+    """Seconds from the panic (or from the trigger, when the panic line never reached the console)."""
+    stages = {s["name"]: s["t"] for s in report.get("stages", []) if s.get("t") is not None}
+    start = stages.get("panicked")
+    if start is None:
+        start = next((e["t"] for e in report.get("host_events", []) if e["kind"] == HostEvent.TRIGGER), None)
+    if start is None:
+        return {}
+    return {name: round(t - start, 3) for name, t in stages.items() if t >= start}
+
+
+def summary(reports: list[dict], invocation: str, parallel: int, wall: float) -> dict:
+    """Per scenario: how many runs ended how, whether the expectations held, stage time percentiles."""
+    scenarios: dict[str, dict] = {}
+    for r in reports:
+        name = r["scenario"]["name"]
+        row = scenarios.setdefault(name, {"runs": 0, "expect": r["scenario"].get("expect"),
+                                          "counts": {v: 0 for v in ("reboot", "dump", "hang", "unknown", "error")},
+                                          "expectation_met": 0, "times": {}})
+        row["runs"] += 1
+        row["counts"][r["verdict"] or "error"] += 1
+        row["expectation_met"] += r.get("expectation_met") is True
+        for stage, t in _stage_times(r).items():
+            row["times"].setdefault(stage, []).append(t)
+    for row in scenarios.values():
+        row["rates"] = {v: round(n / row["runs"], 3) for v, n in row["counts"].items() if n}
+        row["stage_seconds_from_panic"] = {
+            stage: {"n": len(ts), "p50": _percentile(ts, 0.5), "p90": _percentile(ts, 0.9), "max": max(ts)}
+            for stage, ts in row.pop("times").items()}
+    return {"invocation": invocation, "parallel": parallel, "wall_seconds": round(wall, 1), "runs": len(reports),
+            "all_expectations_held": all(r.get("expectation_met") is not False and not r.get("cut_short")
+                                         for r in reports),
+            "scenarios": scenarios,
+            "run_list": [{"run_id": r.get("run_id"), "scenario": r["scenario"]["name"], "verdict": r["verdict"],
+                          "expected": r["scenario"].get("expect"), "stage": r.get("stage"),
+                          "diagnosis": r.get("diagnosis") or r.get("error"),
+                          "folder": (r.get("artifacts") or {}).get("dir")} for r in reports]}
+
+
+def _excerpt(report: dict, lines: int = 40) -> str:
+    """The console around the last evidence line: what a reader of a failed test needs first."""
+    folder = (report.get("artifacts") or {}).get("dir")
+    log = Path(folder) / "console.log" if folder else None
+    if not log or not log.exists():
+        return ""
+    text = log.read_bytes().decode(errors="replace").replace("\r", "").splitlines()
+    marks = [e["line"] for e in report.get("evidence", []) if e.get("line")]
+    end = min(len(text), (max(marks) + 5) if marks else len(text))
+    return "\n".join(text[max(0, end - lines):end])
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_safe(text: str) -> str:
+    """Console text as XML 1.0 may carry it: a control character (ESC in every colour code) is
+    written as its \\xNN escape, so the file stays well-formed and the reader still sees it."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
+def junit(reports: list[dict], invocation: str) -> str:
+    """One testcase per run; stage timings as properties; a transcript excerpt in each failure."""
+    from xml.etree import ElementTree as ET
+    failures = sum(1 for r in reports if r.get("expectation_met") is False and not r.get("cut_short"))
+    errors = sum(1 for r in reports if r.get("cut_short"))
+    suite = ET.Element("testsuite", name=f"panic-lab {invocation}", tests=str(len(reports)),
+                       failures=str(failures), errors=str(errors),
+                       time=str(round(sum((r.get("timings") or {}).get("wall_seconds", 0) for r in reports), 1)))
+    for r in reports:
+        case = ET.SubElement(suite, "testcase", classname=f"panic-lab.{r['scenario']['name']}",
+                             name=r.get("run_id") or r["scenario"]["name"],
+                             time=str((r.get("timings") or {}).get("wall_seconds", 0)))
+        props = ET.SubElement(case, "properties")
+        for key, value in [("verdict", r["verdict"] or "error"), ("stage", r.get("stage") or ""),
+                           ("expected", r["scenario"].get("expect") or "")] + \
+                          [(f"seconds_from_panic.{k}", v) for k, v in _stage_times(r).items()]:
+            ET.SubElement(props, "property", name=key, value=str(value))
+        if r.get("cut_short"):
+            error = ET.SubElement(case, "error", message=_xml_safe(str(r["cut_short"].get("why"))),
+                                  type=str(r["cut_short"].get("by")))
+            error.text = _xml_safe(_excerpt(r))
+        elif r.get("expectation_met") is False:
+            failure = ET.SubElement(case, "failure", type="verdict",
+                                    message=_xml_safe(f"expected {r['scenario'].get('expect')}, got {r['verdict']}: {r.get('diagnosis')}"))
+            failure.text = _xml_safe(_excerpt(r))
+        ET.SubElement(case, "system-out").text = _xml_safe(r.get("diagnosis") or r.get("error") or "")
+    ET.indent(suite)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+# How the timeline labels each stage (in the stages' own order).
+TIMELINE_LABELS = {Stage.BOOTED: "boot", Stage.ARMED: "armed", Stage.PANICKED: "panic",
+                   Stage.CAPTURE_KERNEL_BOOTED: "capture kernel", Stage.DUMP_SAVING: "dump", Stage.DUMP_SAVED: "saved",
+                   Stage.RESET: "reset", Stage.BACK_AT_LOGIN: "login"}
+COLOURS = {"reboot": "#2b7bb9", "dump": "#2e8b57", "hang": "#c0392b", "unknown": "#7f8c8d", "error": "#8e44ad"}
+
+
+def _timeline_svg(r: dict, width: int = 720) -> str:
+    """Stages on a time axis (seconds since the domain was resumed), and where a hang stopped."""
+    from html import escape
+    points = [(TIMELINE_LABELS[Stage(s["name"])], s["t"]) for s in sorted(r.get("stages", []), key=lambda s: Stage(s["name"]).order)
+              if s.get("t") is not None]
+    stall = [e for e in r.get("host_events", []) if e["kind"] == HostEvent.STALL]
+    if stall:
+        points.append(("hang point", stall[0]["t"]))
+    end = max([t for _, t in points] + [(r.get("timings") or {}).get("wall_seconds") or 1.0, 1.0])
+    x = lambda t: 20 + (width - 40) * t / end   # noqa: E731
+    colour = COLOURS[r["verdict"] or "error"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="74" role="img" '
+             f'aria-label="timeline of {escape(r.get("run_id") or "")}">',
+             f'<line x1="20" y1="40" x2="{width - 20}" y2="40" stroke="#bbb"/>']
+    for tick in range(0, int(end) + 1, max(10, int(end / 8) // 10 * 10 or 10)):
+        parts.append(f'<text x="{x(tick):.1f}" y="70" font-size="10" text-anchor="middle" fill="#666">{tick}s</text>')
+    for n, (label, t) in enumerate(sorted(points, key=lambda p: p[1])):
+        fill = "#c0392b" if label == "hang point" else colour
+        parts.append(f'<circle cx="{x(t):.1f}" cy="40" r="5" fill="{fill}"><title>{escape(label)} at {t:.1f} s</title></circle>')
+        parts.append(f'<text x="{x(t):.1f}" y="{24 if n % 2 else 14}" font-size="11" text-anchor="middle">{escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html_report(reports: list[dict], data: dict) -> str:
+    """One self-contained page (no scripts, no external files): the verdict matrix, then each run's timeline."""
+    from html import escape
+    verdicts = ["reboot", "dump", "hang", "unknown", "error"]
+    rows = []
+    for name, row in data["scenarios"].items():
+        cells = "".join(f'<td class="n {v if row["counts"][v] else ""}">{row["counts"][v] or ""}</td>' for v in verdicts)
+        held = "" if not row["expect"] else ("held" if row["expectation_met"] == row["runs"] else
+                                             f'{row["expectation_met"]}/{row["runs"]} held')
+        rows.append(f'<tr><th>{escape(name)}</th><td>{escape(row["expect"] or "-")}</td>{cells}'
+                    f'<td>{escape(held)}</td></tr>')
+    runs = []
+    for r in reports:
+        verdict = r["verdict"] or "error"
+        runs.append(f'<section class="run"><h3><span class="badge {verdict}">{verdict}</span> '
+                    f'{escape(r.get("run_id") or r["scenario"]["name"])}</h3>'
+                    f'<p>stage reached: <b>{escape(r.get("stage") or "-")}</b>; '
+                    f'{escape(r.get("diagnosis") or r.get("error") or "")}</p>{_timeline_svg(r)}</section>')
+    style = ("body{font:14px sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}td.n{text-align:center;min-width:3em}"
+             + "".join(f".{v}{{background:{c}22}}.badge.{v}{{background:{c};color:#fff}}" for v, c in COLOURS.items())
+             + ".badge{padding:2px 8px;border-radius:4px;font-size:12px}.run{margin:1.5em 0}")
+    head = "".join(f"<th>{v}</th>" for v in verdicts)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>panic-lab {escape(data["invocation"])}</title>'
+            f'<style>{style}</style></head><body><h1>panic-lab results: {escape(data["invocation"])}</h1>'
+            f'<p>{data["runs"]} run(s), {data["parallel"]} at a time, {data["wall_seconds"]} s; every expectation '
+            f'{"held" if data["all_expectations_held"] else "did <b>not</b> hold"}.</p>'
+            f'<h2>Verdicts</h2><table id="matrix"><tr><th>scenario</th><th>expected</th>{head}<th>expectation</th></tr>'
+            f'{"".join(rows)}</table><h2>Runs</h2>{"".join(runs)}</body></html>\n')
+
+
+def write_invocation(folder: Path, reports: list[dict], parallel: int, wall: float) -> dict:
+    """summary.json, junit.xml and report.html at the top of an invocation's results folder."""
+    data = summary(reports, folder.name, parallel, wall)
+    for name, text in (("summary.json", json.dumps(data, indent=2, default=str) + "\n"),
+                       ("junit.xml", junit(reports, folder.name)),
+                       ("report.html", html_report(reports, data))):
+        try:
+            (folder / name).write_text(text)
+        except OSError as exc:
+            raise HostError("report", f"cannot write {folder / name}: {exc.strerror}") from None
+    return data
+
+
+def table(reports: list[dict]) -> str:
+    rows = [("scenario", "accel", "verdict", "expected", "stage", "vmcore", "wall", "diagnosis")]
+    for r in reports:
+        vm = r.get("vmcore") or {}
+        size = ""
+        if vm.get("files"):
+            size = vm["files"][0].split("size=")[-1].split()[0]
+        if "error" in r:   # the run failed on the host before it had a report
+            rows.append((r["scenario"]["name"], "-", "error", r["scenario"].get("expect") or "-", "-", "-", "-",
+                         r["error"][:90]))
+            continue
+        rows.append((r["scenario"]["name"], r["accel"]["name"], r["verdict"] or "error", r.get("expected") or "-",
+                     r["stage"], f"{vm.get('count', 0)} ({size} B)" if size else str(vm.get("count", "-")),
+                     f"{r['timings']['wall_seconds']:.0f}s", r["diagnosis"][:90]))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    return "\n".join(lines)
