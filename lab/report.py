@@ -155,7 +155,8 @@ class ErrorReport:
 
 
 def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, transcript, artifacts: Path,
-          timings, wall, cut_short, profile: dict, warnings: list[str], snapshot: dict | None) -> RunReport:
+          timings, wall, cut_short, profile: dict, warnings: list[str], snapshot: dict | None,
+          steps: list[dict] = ()) -> RunReport:
     preflight = facts.get("preflight", {})
     vmcore = facts.get("vmcore", {})
     dumps = [v for k, v in vmcore.items() if k == "vmcore"]
@@ -178,7 +179,7 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
         console=facts.get("console") or {},
         host_events=[{"t": e.t, "kind": e.kind, "text": e.text, **dict(e.groups)} for e in transcript.host_events],
         timings={"wall_seconds": round(wall, 3), "lab_seconds": lab_seconds,
-                 "teardown_seconds": timings.get("teardown"), "lab": timings},
+                 "teardown_seconds": timings.get("teardown"), "lab": timings, "steps": list(steps)},
         artifacts={"dir": str(artifacts), "transcript": "console.log", "host_events": "host-events.jsonl",
                    "domain_xml": "domain.xml", "user_data": "user-data"},
         warnings=warnings, snapshot=snapshot,

@@ -102,7 +102,8 @@ def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Tim
     report = report_mod.build(uri=uri, run_id=run_id, scenario=scenario, accel=accel, image=image, verdict=verdict,
                               facts=facts, transcript=life.transcript, artifacts=artifacts, timings=top.spent,
                               wall=top.elapsed(), cut_short=cut_short, profile=life.profile(), warnings=warnings,
-                              snapshot={"key": snap.folder.name, "clock": facts.get("clock")} if snap else None)
+                              snapshot={"key": snap.folder.name, "clock": facts.get("clock")} if snap else None,
+                              steps=top.steps)
     report_mod.write(artifacts, report)
     say(f"verdict {verdict.verdict} at {verdict.stage}: {verdict.diagnosis}", verdict=verdict.verdict)
     return report

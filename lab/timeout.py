@@ -18,6 +18,7 @@ class Timeout:
         if parent is not None:
             self.expires = min(self.expires, parent.expires)
         self.spent: dict[str, float] = {}   # on the root: seconds per lab step, summed over repeats
+        self.steps: list[dict] = []         # on the root: each step as it ended (start, seconds, how)
 
     def child(self, name: str, seconds: float) -> "Timeout":
         return Timeout(f"{self.name}/{name}", seconds, parent=self)
@@ -37,11 +38,19 @@ class Timeout:
 
     @contextlib.contextmanager
     def step(self, name: str, seconds: float | None = None) -> Iterator["Timeout"]:
-        """A step of the lab's own (not the guest's): its time is added to root.spent[name], however it ends."""
+        """A step of the lab's own (not the guest's): its time is added to root.spent[name] and the step
+        is recorded in root.steps, however it ends."""
         limit = self.child(name, seconds) if seconds else self
         started = time.monotonic()
+        how = "ok"
         try:
             yield limit
+        except BaseException as exc:
+            how = type(exc).__name__
+            raise
         finally:
-            spent = self.root.spent
-            spent[name] = round(spent.get(name, 0.0) + time.monotonic() - started, 3)
+            root = self.root
+            took = time.monotonic() - started
+            root.spent[name] = round(root.spent.get(name, 0.0) + took, 3)
+            root.steps.append({"step": name, "started": round(started - root.started, 3), "seconds": round(took, 3),
+                               "ended": how})

@@ -1,9 +1,6 @@
 """Holes an outside audit found (issue 13), each closed: bad results paths are refused before libvirt is
 asked anything, junit.xml stays well-formed on real console bytes, and (with libvirt) a domain dies with
 the lab's connection and a console taken from another viewer is reported."""
-import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -12,7 +9,7 @@ import pexpect
 import pytest
 from junitparser import JUnitXml
 
-from conftest import ROOT
+from conftest import ROOT, run_lab
 from lab import host, image, profiles, recorded, results
 from lab.console import Console
 from lab.timeout import Timeout
@@ -23,9 +20,8 @@ TRANSCRIPTS = ROOT / "tests" / "transcripts"
 
 @pytest.mark.parametrize("results", ["/dev/null/x", "/proc/version/runs"])
 def test_an_impossible_results_folder_is_one_line_before_libvirt_is_asked(tmp_path, results):
-    env = dict(os.environ, LAB_URI="test+unix:///nowhere/at/all", LAB_CACHE_DIR=str(tmp_path / "cache"))
-    done = subprocess.run([sys.executable, "-m", "lab", "run", "panic-reboot", "--results", results],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = run_lab("run", "panic-reboot", "--results", results, text=True, timeout=60,
+                   env={"LAB_URI": "test+unix:///nowhere/at/all", "LAB_CACHE_DIR": str(tmp_path / "cache")})
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("lab: results: cannot create"), done.stderr
     assert not (tmp_path / "cache").exists()

@@ -7,24 +7,26 @@ import pytest
 
 from lab import host, paths
 from lab import scenario as sc
+from lab.vocabulary import HostEvent as H
+from lab.vocabulary import Stage as S
 
 pytestmark = pytest.mark.live
 
 # What each base scenario must show, beyond its expected verdict.
 EXPECTED_STAGES = {
-    "panic-reboot": ["booted", "panicked", "reset", "back_at_login"],
-    "panic-hang": ["booted", "panicked"],
-    "kdump": ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saving", "dump_saved", "reset",
-              "back_at_login"],
-    "hyperv-kdump-default": ["booted", "armed", "panicked", "capture_kernel_booted"],
-    "hyperv-kdump-kb2858695": ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saving",
-                               "dump_saved", "reset", "back_at_login"],
-    "hyperv-kdump-timeout": ["booted", "armed", "panicked", "capture_kernel_booted", "reset", "back_at_login"],
-    "hyperv-kdump-hvcrash": ["booted", "armed", "panicked", "capture_kernel_booted", "dump_saving",
-                             "dump_saved", "reset", "back_at_login"],
-    "hyperv-panic-hang": ["booted", "panicked"],
-    "hyperv-panic-reboot": ["booted", "panicked", "reset", "back_at_login"],
-    "hyperv-kdump-not-armed": ["booted", "panicked"],
+    "panic-reboot": [S.BOOTED, S.PANICKED, S.RESET, S.BACK_AT_LOGIN],
+    "panic-hang": [S.BOOTED, S.PANICKED],
+    "kdump": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.DUMP_SAVING, S.DUMP_SAVED, S.RESET,
+              S.BACK_AT_LOGIN],
+    "hyperv-kdump-default": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED],
+    "hyperv-kdump-kb2858695": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.DUMP_SAVING,
+                               S.DUMP_SAVED, S.RESET, S.BACK_AT_LOGIN],
+    "hyperv-kdump-timeout": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.RESET, S.BACK_AT_LOGIN],
+    "hyperv-kdump-hvcrash": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.DUMP_SAVING,
+                             S.DUMP_SAVED, S.RESET, S.BACK_AT_LOGIN],
+    "hyperv-panic-hang": [S.BOOTED, S.PANICKED],
+    "hyperv-panic-reboot": [S.BOOTED, S.PANICKED, S.RESET, S.BACK_AT_LOGIN],
+    "hyperv-kdump-not-armed": [S.BOOTED, S.PANICKED],
 }
 GEN1 = [name for name in EXPECTED_STAGES if name.startswith("hyperv-")]
 
@@ -92,7 +94,7 @@ def test_hang_says_where_and_for_how_long(report, scenario):
     assert report["stage"] == "panicked"
     assert "kernel.panic=0" in report["diagnosis"]
     assert f"{report['scenario']['stall_seconds']:.0f} s" in report["diagnosis"]
-    assert not [e for e in report["host_events"] if e["kind"] == "libvirt_reset"]
+    assert not [e for e in report["host_events"] if e["kind"] == H.LIBVIRT_RESET]
 
 
 @scenarios(*EXPECTED_STAGES)
@@ -126,7 +128,7 @@ def test_gen1_first_kernel_ignores_the_ide_disk(report, scenario):
 @scenarios("hyperv-kdump-default")
 def test_stale_vmbus_hangs_the_capture_kernel_and_points_at_the_fix(report, scenario):
     assert report["stage"] == "capture_kernel_booted"
-    assert [e["kind"] for e in report["host_events"] if e["kind"].startswith("fault")] == ["fault_applied"]
+    assert [e["kind"] for e in report["host_events"] if e["kind"] in (H.FAULT_APPLIED, H.FAULT_LIFTED)] == [H.FAULT_APPLIED]
     assert "paravirtual disk path" in report["diagnosis"] and "KB2858695" in report["diagnosis"]
     assert report["vmcore"] is None
 
@@ -134,7 +136,7 @@ def test_stale_vmbus_hangs_the_capture_kernel_and_points_at_the_fix(report, scen
 @scenarios("hyperv-kdump-kb2858695")
 def test_kb_configuration_dumps_through_ide_and_the_disk_stays_sound(report, scenario):
     kinds = [e["kind"] for e in report["host_events"]]
-    assert kinds.index("fault_applied") < kinds.index("fault_lifted")
+    assert kinds.index(H.FAULT_APPLIED) < kinds.index(H.FAULT_LIFTED)
     translated = {row["kdump.conf"]: row["kdump-tools"] for row in report["profile"]["kdump_config_translated"]}
     assert translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"].startswith("modprobe.blacklist=")
     assert "virtio_blk" in translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"]
@@ -146,7 +148,7 @@ def test_capture_kernel_gives_up_on_the_stale_path_and_the_guest_reboots(report,
     assert report["diagnosis"].startswith("dump failed: panic-lab: disk_timeout: dump target not mounted after 30 s")
     assert "paravirtual disk path" in report["diagnosis"] and "KB2858695" in report["diagnosis"]
     kinds = [e["kind"] for e in report["host_events"]]
-    assert kinds.index("fault_applied") < kinds.index("fault_lifted")
+    assert kinds.index(H.FAULT_APPLIED) < kinds.index(H.FAULT_LIFTED)
     assert report["vmcore"]["count"] == 0
     assert report["disk_check"]["clean"] is True, report["disk_check"]
 

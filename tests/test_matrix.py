@@ -4,11 +4,12 @@ import json
 import re
 import subprocess
 from pathlib import Path
-
-from conftest import ROOT, run_lab
 from xml.etree import ElementTree as ET
 
 import pytest
+
+from conftest import ROOT, run_lab
+from lab.vocabulary import HostEvent
 
 pytestmark = pytest.mark.live
 
@@ -48,11 +49,11 @@ def test_a_matrix_runs_side_by_side_and_reports(matrix_run):
     assert all(run.parent == folder and (run / "console.log").exists() for run in runs)
     nmi = json.loads(next(r for r in runs if "nmi" in r.name).joinpath("report.json").read_text())
     assert nmi["preflight"]["kernel.unknown_nmi_panic"] == "1"
-    assert [e["text"] for e in nmi["host_events"] if e["kind"] == "trigger"] == \
+    assert [e["text"] for e in nmi["host_events"] if e["kind"] == HostEvent.TRIGGER] == \
         ["libvirt inject-nmi (the guest has kernel.unknown_nmi_panic=1)"]
     cpu1_folder = next(r for r in runs if "cpu-1" in r.name)
     cpu1 = json.loads((cpu1_folder / "report.json").read_text())
-    assert [e["text"] for e in cpu1["host_events"] if e["kind"] == "trigger"] == \
+    assert [e["text"] for e in cpu1["host_events"] if e["kind"] == HostEvent.TRIGGER] == \
         ["taskset -c 1 sh -c 'echo c > /proc/sysrq-trigger'"]
     # The oops that sysrq c prints names the CPU it ran on.
     assert re.search(r"CPU: 1 PID: \d+ Comm: (sh|bash)", (cpu1_folder / "console.log").read_text(errors="replace"))

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import run_lab
 from lab import image, paths
+from lab.vocabulary import HostEvent
 from loopback import Server
 
 BUILT = image.cached("debian12")
@@ -85,7 +86,7 @@ def test_run_pulls_a_published_image_and_boots_it_through_its_own_grub(published
     assert "<boot dev='hd'/>" in xml and "<kernel>" not in xml
     # The lab rebooted it once, and the second boot's command line is the one the guest's own update-grub
     # wrote (root=UUID=..., crashkernel= from the seed), not the image's first config (root=LABEL=...).
-    assert [e["kind"] for e in report["host_events"]].count("crashkernel_reboot") == 1
+    assert [e["kind"] for e in report["host_events"]].count(HostEvent.CRASHKERNEL_REBOOT) == 1
     cmdline = report["preflight"]["cmdline"]
     assert "BOOT_IMAGE=" in cmdline and "root=UUID=" in cmdline and cmdline.endswith("crashkernel=256M"), cmdline
     assert report["preflight"]["kexec_crash_loaded"] == "1"

@@ -7,6 +7,7 @@ import pytest
 
 from lab import paths, runner, snapshot
 from lab import scenario as sc
+from lab.vocabulary import HostEvent
 
 
 def test_the_key_follows_the_guest_not_the_trigger_or_the_expectation():
@@ -44,6 +45,6 @@ def test_snapshot_repeats_agree_with_a_cold_run(lab_run, lab_results):
         assert r["snapshot"]["clock"]["resynchronised"] is True
         assert r["preflight"]["kexec_crash_loaded"] == "1"   # re-checked after the restore
         assert r["vmcore"]["count"] == 1                      # its own disk: one dump, not two
-        assert "restored" in [e["kind"] for e in r["host_events"]]
+        assert HostEvent.RESTORED in [e["kind"] for e in r["host_events"]]
     assert repeats[0]["snapshot"]["key"] == repeats[1]["snapshot"]["key"]
     assert repeats[0]["run_id"] != repeats[1]["run_id"]

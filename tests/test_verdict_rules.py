@@ -1,6 +1,7 @@
 """One test per verdict rule (R1-R5 in lab/verdict.py and docs/verdicts.md), on short synthetic logs."""
 from lab.transcript import Event, read
 from lab.verdict import derive
+from lab.vocabulary import HostEvent
 
 FIRST = b"[ 0.0] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) (gcc)\n" \
         b"[ 0.0] Command line: root=LABEL=labroot rw console=ttyS0,115200 crashkernel=256M\n"
@@ -42,7 +43,7 @@ def test_r3_announced_reboot_with_nothing_after_is_reboot():
 
 
 def test_r3_announced_reboot_then_a_stall_is_a_hang():
-    stall = Event("stall", 0, "no new stage for 120 s after panicked", t=999.0)
+    stall = Event(HostEvent.STALL, 0, "no new stage for 120 s after panicked", t=999.0)
     v = verdict_of(FIRST + PANIC + b"Rebooting in 10 seconds..\n", [stall])
     assert (v.verdict, v.rule) == ("hang", "R4")
 
@@ -67,7 +68,7 @@ def test_r4_hyperv_storage_failure_in_capture_kernel_points_at_the_fix():
 
 
 def test_r4_live_stall_names_the_stage_and_deadline():
-    stall = Event("stall", 0, "no new stage for 120 s after panicked (deadline 120 s)", t=999.0)
+    stall = Event(HostEvent.STALL, 0, "no new stage for 120 s after panicked (deadline 120 s)", t=999.0)
     v = verdict_of(FIRST + PANIC + END, [stall])
     assert (v.verdict, v.stage) == ("hang", "panicked")
     assert "120 s" in v.diagnosis
