@@ -33,7 +33,8 @@ def run_lab(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPr
 
 def spawn_lab(*args: str, env: dict, **kw) -> subprocess.Popen:
     """`lab ARGS` in the background, for tests that stop it half-way."""
-    return subprocess.Popen(lab_command(*args), cwd=ROOT, env=env, text=True, **kw)
+    kw.setdefault("text", True)
+    return subprocess.Popen(lab_command(*args), cwd=ROOT, env=env, **kw)
 
 
 def pytest_addoption(parser):

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.live
 def test_two_runs_at_once_build_the_image_once_and_do_not_collide(tmp_path):
     # A cache without the image: both runs need it, and only one may build it.
     env = dict(os.environ, LAB_CACHE_DIR=str(tmp_path / "cache"), LAB_RESULTS_DIR=str(tmp_path / "results"))
-    labs = [spawn_lab("run", "panic-reboot", "--json", env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    labs = [spawn_lab("run", "panic-reboot", "--json", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)]
     outputs = [lab.communicate(timeout=900) for lab in labs]
     for lab, (out, err) in zip(labs, outputs):
         assert lab.returncode == 0, err[-2000:]
