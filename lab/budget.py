@@ -35,16 +35,6 @@ def available_mib() -> int:
     return _meminfo("MemAvailable")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Ledger:
     """Reservations of every lab process, as {token: {"pid", "mib"}} in one JSON file."""
 
@@ -69,7 +59,9 @@ class Ledger:
                 entries = json.loads(f.read() or "{}")
             except ValueError:
                 entries = {}
-            entries = {k: v for k, v in entries.items() if _alive(int(v.get("pid", 0)))}   # a killed lab's share returns
+            # A killed lab's share returns; this process's own entries stay.
+            entries = {k: v for k, v in entries.items()
+                       if int(v.get("pid", 0)) == os.getpid() or paths.owner_alive(int(v.get("pid", 0)))}
             yield entries
             f.seek(0)
             f.truncate()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .errors import HostError, InputError
+from .errors import HostError, InputError, shown, shown_path
 from .guest import Guest
 
 KEYS = {"url", "sha256", "checksum_url", "checksum_entry", "checksum_algo", "family", "kdump", "user", "crashkernel",
@@ -70,45 +70,45 @@ def catalog_path() -> Path:
 
 def load(path: Path | None = None) -> dict[str, Entry]:
     path = path or catalog_path()
-    shown = _shown(path)
+    file = shown_path(path)
     try:
         data = tomllib.loads(path.read_bytes().decode("utf-8"))   # TOML is UTF-8, whatever the locale
     except OSError as exc:
-        raise InputError("catalog", f"cannot read {shown}: {exc.strerror or exc}") from None
+        raise InputError("catalog", f"cannot read {file}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise InputError("catalog", f"{shown}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): "
+        raise InputError("catalog", f"{file}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): "
                                     "a catalog is TOML") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InputError("catalog", f"{shown}: malformed TOML: {exc}") from None
+        raise InputError("catalog", f"{file}: malformed TOML: {exc}") from None
     except RecursionError:   # tomllib recurses once per nested array or inline table
-        raise InputError("catalog", f"{shown}: malformed TOML: arrays or tables nested too deeply") from None
+        raise InputError("catalog", f"{file}: malformed TOML: arrays or tables nested too deeply") from None
     entries = {}
     for name, raw in data.items():
         if not NAME.fullmatch(name) or ".." in name:
-            raise InputError("catalog", f"{shown}: [{_show(name)}]: a catalog name is 1 to 64 lowercase letters, digits, "
+            raise InputError("catalog", f"{file}: [{shown(name)}]: a catalog name is 1 to 64 lowercase letters, digits, "
                                         "dots, dashes and underscores, without '..' (it names a cache folder)")
-        where = f"{shown}: [{name}]"
+        where = f"{file}: [{name}]"
         if not isinstance(raw, dict):
             raise InputError("catalog", f"{where}: expected a table")
         unknown = sorted(set(raw) - KEYS)
         if unknown:
-            raise InputError("catalog", f"{where}: unknown key {_show(unknown[0])}")
+            raise InputError("catalog", f"{where}: unknown key {shown(unknown[0])}")
         for key in ("url", "family", "kdump", "user", "crashkernel"):
             if key not in raw:
                 raise InputError("catalog", f"{where}: missing key {key!r}")
         for key in sorted(set(raw) - {"packages"}):
             if not isinstance(raw[key], str):
-                raise InputError("catalog", f"{where}: {key} = {_show(raw[key])}: expected a string")
+                raise InputError("catalog", f"{where}: {key} = {shown(raw[key])}: expected a string")
         if raw["family"] not in FAMILIES:
-            raise InputError("catalog", f"{where}: family {_show(raw['family'])} is not one of {', '.join(FAMILIES)}")
+            raise InputError("catalog", f"{where}: family {shown(raw['family'])} is not one of {', '.join(FAMILIES)}")
         if raw["kdump"] != FAMILIES[raw["family"]]:
-            raise InputError("catalog", f"{where}: kdump {_show(raw['kdump'])} does not go with family {raw['family']}")
+            raise InputError("catalog", f"{where}: kdump {shown(raw['kdump'])} does not go with family {raw['family']}")
         if not raw.get("sha256") and not (raw.get("checksum_url") and raw.get("checksum_entry")):
             raise InputError("catalog", f"{where}: needs sha256, or checksum_url and checksum_entry")
         if raw.get("checksum_algo", "sha256") not in ("sha256", "sha512"):
             raise InputError("catalog", f"{where}: checksum_algo must be sha256 or sha512")
         if raw["crashkernel"] not in CRASHKERNEL_WAYS:
-            raise InputError("catalog", f"{where}: crashkernel {_show(raw['crashkernel'])} is not one of "
+            raise InputError("catalog", f"{where}: crashkernel {shown(raw['crashkernel'])} is not one of "
                                         f"{', '.join(CRASHKERNEL_WAYS)}")
         packages = raw.get("packages", [])
         if not isinstance(packages, list) or not all(isinstance(p, str) and re.fullmatch(r"[\w.+-]+", p) for p in packages):
@@ -130,17 +130,6 @@ def load(path: Path | None = None) -> dict[str, Entry]:
             raise InputError("catalog", f"{where}: url must end in a file name (the image's name in the cache)")
         entries[name] = e
     return entries
-
-
-def _show(value) -> str:
-    """A value as an error message shows it: its repr (one line, whatever the value holds), cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _shown(path) -> str:
-    text = str(path)
-    return text if text.isprintable() else repr(text)   # a newline in a path would break the one-line error
 
 
 def entry(name: str) -> Entry:
@@ -246,20 +235,20 @@ def inspect(path: Path) -> None:
         raise HostError("pull", "qemu-img info gave no answer in 120 s") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise HostError("pull", f"qemu-img info cannot read it: {_show(last)}")
+        raise HostError("pull", f"qemu-img info cannot read it: {shown(last)}")
     try:
         info = json.loads(done.stdout)
     except ValueError:
         raise HostError("pull", "qemu-img info gave no JSON") from None
     if info.get("format") != "qcow2":
-        raise HostError("pull", f"format {_show(info.get('format'))}, not qcow2 (runs put a qcow2 overlay on it)")
+        raise HostError("pull", f"format {shown(info.get('format'))}, not qcow2 (runs put a qcow2 overlay on it)")
     if "backing-filename" in info or "full-backing-filename" in info:
         backing = info.get("backing-filename", info.get("full-backing-filename"))
-        raise HostError("pull", f"it has a backing file ({_show(backing)}): a published image must stand alone")
+        raise HostError("pull", f"it has a backing file ({shown(backing)}): a published image must stand alone")
     specific = (info.get("format-specific") or {}).get("data") or {}
     if "data-file" in specific:
         data_file = specific["data-file"]
-        raise HostError("pull", f"it keeps its data in an external file ({_show(data_file)}): "
+        raise HostError("pull", f"it keeps its data in an external file ({shown(data_file)}): "
                                 "a published image must stand alone")
 
 

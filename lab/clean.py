@@ -6,7 +6,6 @@ when it carries its owner's pid. Anything of the lab's whose owner still runs is
 """
 from __future__ import annotations
 
-import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -28,18 +27,6 @@ def _owner(dom: libvirt.virDomain) -> int | None:
     return int(owner) if owner.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _Cleaner:
     def __init__(self, force: bool):
         self.force = force
@@ -47,7 +34,7 @@ class _Cleaner:
 
     def may_take(self, what: str, owner: int) -> bool:
         """The one owner check: a leftover (its lab process is gone) goes; a live run's thing stays."""
-        if _alive(owner) and not self.force:
+        if paths.owner_alive(owner) and not self.force:
             self.done.append(f"left {what}: its lab run (pid {owner}) is still going")
             return False
         return True

@@ -2,6 +2,17 @@
 from __future__ import annotations
 
 
+def shown(value) -> str:
+    """A value as an error message shows it: its repr (one line, whatever the value holds), cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def shown_path(path) -> str:
+    text = str(path)
+    return text if text.isprintable() else repr(text)   # a newline in a path would break the one-line error
+
+
 class LabError(Exception):
     """A failure the user can act on; printed as one line: `lab: <stage>: <message>`."""
 

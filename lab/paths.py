@@ -104,6 +104,19 @@ def new_scratch(run_id: str) -> Path:
     return root / run_id
 
 
+def owner_alive(pid: int) -> bool:
+    """Is the process that owns something of the lab's still there? (This process never counts.)"""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_scratch(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 

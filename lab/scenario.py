@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import image as image_mod
 from .profiles import PROFILES
-from .errors import InputError
+from .errors import InputError, shown, shown_path
 from .kdumpconf import CONFIGS
 
 VERDICTS = ("reboot", "dump", "hang", "unknown")
@@ -135,7 +135,7 @@ def with_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
 
 def validate(s: Scenario) -> None:
     def bad(msg: str) -> None:
-        raise InputError("scenario", f"{s.name if NAME.fullmatch(s.name) else _show(s.name)}: {msg}")
+        raise InputError("scenario", f"{s.name if NAME.fullmatch(s.name) else shown(s.name)}: {msg}")
     if not NAME.fullmatch(s.name):
         bad("a scenario name is lowercase letters, digits and dashes (it names the run's folder and domain)")
     if s.image not in image_mod.RECIPES and s.image not in image_mod.known():   # the catalog only when needed
@@ -203,14 +203,14 @@ def load_file(path: str) -> list[Scenario]:
     import tomllib
     from pathlib import Path
 
-    shown = _shown_path(path)
+    file = shown_path(path)
 
     def bad(where: str, msg: str) -> InputError:
-        return InputError("scenario", f"{shown}: {where}{msg}")
+        return InputError("scenario", f"{file}: {where}{msg}")
     try:
         data = tomllib.loads(Path(path).read_bytes().decode("utf-8"))   # TOML is UTF-8, whatever the locale
     except OSError as exc:
-        raise InputError("scenario", f"cannot read {shown}: {exc.strerror or exc}") from None
+        raise InputError("scenario", f"cannot read {file}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise bad("", f"not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): a scenario file is TOML") from None
     except tomllib.TOMLDecodeError as exc:
@@ -219,7 +219,7 @@ def load_file(path: str) -> list[Scenario]:
         raise bad("", "malformed TOML: arrays or tables nested too deeply") from None
     extra = sorted(set(data) - {"scenario", "matrix"})
     if extra:
-        raise bad("", f"unknown top-level key {_show(extra[0])} (expected [[scenario]] and [matrix])")
+        raise bad("", f"unknown top-level key {shown(extra[0])} (expected [[scenario]] and [matrix])")
     tables = data.get("scenario", [])
     tables = [tables] if isinstance(tables, dict) else tables
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
@@ -229,13 +229,13 @@ def load_file(path: str) -> list[Scenario]:
         raise bad("[matrix]: ", "expected a table of key = [values]")
     for key, values in matrix.items():
         if key not in FILE_KEYS - {"base", "name", "description"}:
-            raise bad("[matrix]: ", f"unknown key {_show(key)}")
+            raise bad("[matrix]: ", f"unknown key {shown(key)}")
         if not isinstance(values, list) or not values:
             raise bad("[matrix]: ", f"{key} must be a non-empty list")
     for n, table in enumerate(tables, start=1):
         for key in ("base", "name"):   # both are looked up or joined before the values are typed
             if key in table and not isinstance(table[key], str):
-                raise bad(f"[[scenario]] #{n}: ", f"{key} = {_show(table[key])}: expected str")
+                raise bad(f"[[scenario]] #{n}: ", f"{key} = {shown(table[key])}: expected str")
     # Counted from the lengths alone, before anything is expanded.
     asked = sum(_runs_asked(table, matrix) for table in tables)
     if asked > MAX_RUNS:
@@ -248,7 +248,7 @@ def load_file(path: str) -> list[Scenario]:
         where = f"[[scenario]] #{n}: "
         unknown = sorted(set(table) - FILE_KEYS)
         if unknown:
-            raise bad(where, f"unknown key {_show(unknown[0])}")
+            raise bad(where, f"unknown key {shown(unknown[0])}")
         try:
             start = resolve(table["base"]) if "base" in table else None
         except InputError as exc:
@@ -268,7 +268,7 @@ def load_file(path: str) -> list[Scenario]:
             chosen["name"] = "-".join([values.get("name", base.name)] + suffix)[:64].rstrip("-")
             scenario = _typed(base, chosen, lambda msg: bad(where, msg))
             # The name is the run's identity in summary.json and junit.xml: two runs under one name merge.
-            source = f"[[scenario]] #{n}" + "".join(f", {key} = {_show(v)}" for (key, _), v in zip(axes, combo))
+            source = f"[[scenario]] #{n}" + "".join(f", {key} = {shown(v)}" for (key, _), v in zip(axes, combo))
             if scenario.name in made_by:
                 raise bad("", f"two runs would be named {scenario.name} ({made_by[scenario.name]}; {source}): a name "
                               "is cut to 64 characters and its values to letters, digits and dashes, so give "
@@ -288,7 +288,7 @@ def check_total(scenarios: list[Scenario], sources: list[str] | None = None) -> 
         raise InputError("scenario", f"{len(scenarios)} scenario(s) add up to {total} runs, repeats included; "
                                      f"the limit is {MAX_RUNS} per invocation")
     def origin(k: int) -> str:
-        return _shown_path(sources[k]) if sources else f"scenario #{k + 1} of the list"
+        return shown_path(sources[k]) if sources else f"scenario #{k + 1} of the list"
     first: dict[str, int] = {}
     for i, s in enumerate(scenarios):
         j = first.setdefault(s.name, i)
@@ -309,17 +309,6 @@ def _runs_asked(table: dict, matrix: dict) -> int:
     base = table.get("base")
     start = BASE_SCENARIOS[base].repeat if isinstance(base, str) and base in BASE_SCENARIOS else 1
     return others * repeat(table.get("repeat", start))
-
-
-def _show(value) -> str:
-    """A value as an error message shows it: its repr (one line, whatever the value holds), cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _shown_path(path) -> str:
-    text = str(path)
-    return text if text.isprintable() else repr(text)   # a newline in a path would break the one-line error
 
 
 def _slug(value) -> str:
@@ -346,7 +335,7 @@ def _typed(base: Scenario, values: dict, bad) -> Scenario:
             ok = isinstance(value, str)
         if not ok:
             want = fields[key].type if isinstance(fields[key].type, str) else type(current).__name__
-            raise bad(f"{key} = {_show(value)}: expected {want}")
+            raise bad(f"{key} = {shown(value)}: expected {want}")
         changes[key] = value
     scenario = dataclasses.replace(base, **changes)
     try:
