@@ -18,6 +18,9 @@ if TYPE_CHECKING:   # types only
     from .scenario import Scenario
 
 HYPERV_LINE = "Microsoft Hyper-V"
+# 2: adds console.took_over_from_another_viewer, timings.steps and the stall event's deadline_s;
+# every key of version 1 is still there, with the same meaning.
+REPORT_VERSION = 2
 
 
 def _hyperv(accel, preflight: dict, transcript) -> dict:
@@ -78,7 +81,7 @@ def _profile(profile: dict, transcript) -> dict:
 
 @dataclass(frozen=True)
 class RunReport:
-    """One run's report, as report.json carries it (the JSON is unchanged: to_json() gives today's keys).
+    """One run's report, as report.json carries it (REPORT_VERSION says what changed in its keys).
     A run the user interrupted has the shape of InterruptedReport, one that ended before it had a
     guest (a host error while preparing) the shape of ErrorReport."""
     run_id: str
@@ -113,6 +116,7 @@ class RunReport:
         diagnosis = (f"{self.cut_short['by']} error, run cut short: {self.cut_short['why']}" if self.cut_short
                      else v.diagnosis)
         return {
+            "report_version": REPORT_VERSION,
             "run_id": self.run_id, "scenario": dataclasses.asdict(self.scenario), "verdict": self.outcome,
             "stage": v.stage, "diagnosis": diagnosis, "rule": v.rule,
             "stages": [dataclasses.asdict(s) for s in v.stages],
