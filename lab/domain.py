@@ -110,11 +110,6 @@ class Domain:
         return {"tool": "e2fsck -f -n", "exit": done.returncode, "clean": done.returncode == 0,
                 "summary": (done.stdout.strip().splitlines() or [""])[-1]}
 
-    def teardown(self) -> None:
-        """Destroy the domain and delete the overlay and seed, whatever state they are in."""
-        self.destroy()
-        self.remove_files()
-
     def remove_files(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
