@@ -4,7 +4,9 @@ fault is applied and lifted here too, as the guest passes the panic and the rese
 from __future__ import annotations
 
 import time
+import xml.etree.ElementTree as ET
 
+from . import settle
 from .console import Console, ConsoleClosed
 from .domain import Domain
 from .profiles import STALE_VMBUS_TARGET
@@ -54,10 +56,22 @@ class Fault:
                 self.host_event(HostEvent.FAULT_LIFTED, f"stale-vmbus: {self.target} released at the reset (a new VMBus)")
 
 
-def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say, host_event, fault: Fault) -> str:
-    """Read the console through the panic until the guest is back at a login prompt or stops progressing;
-    returns the last stage reached."""
+def what_settles(dom: Domain, scenario: Scenario, preflight: dict) -> settle.Guest:
+    """What the early rules need beyond the console: the guest's pre-flight, the domain's devices."""
+    panic = preflight.get("kernel.panic", "")
+    devices = ET.fromstring(dom.xml).find("devices")
+    rescuers = tuple(d.tag for d in (devices if devices is not None else []) if d.tag in ("watchdog", "panic"))
+    return settle.Guest(kernel_panic=int(panic) if panic.lstrip("-").isdigit() else None,
+                        armed=preflight.get("kexec_crash_loaded") == "1", rescuers=rescuers,
+                        wait_for_login=scenario.wait_for_login)
+
+
+def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say, host_event, fault: Fault,
+           preflight: dict) -> str:
+    """Read the console through the panic until the verdict is certain (lab/settle.py), the guest is back
+    at a login prompt, or it stops progressing; returns the last stage reached."""
     limits = stage_deadlines(scenario)
+    guest = what_settles(dom, scenario, preflight)
     current, since = Stage.ARMED, time.monotonic()
     limit_all = top.child("follow", FOLLOW_SECONDS)
     transcript = console.transcript
@@ -71,11 +85,17 @@ def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say,
         pending = transcript.host_events[seen_host:]
         seen_host += len(pending)
         fault.on_events(new + pending)
-        if new:
-            stage = derive(transcript.events()).stage
-            if stage != current and stage != NO_STAGE:
-                current, since = Stage(stage), time.monotonic()
+        if new or pending:
+            events = transcript.events()
+            verdict = derive(events)
+            if verdict.stage != current and verdict.stage != NO_STAGE:
+                current, since = Stage(verdict.stage), time.monotonic()
                 say(f"stage {current}", stage=current)
+            done = settle.settled(verdict, events, guest)
+            if done:
+                host_event(HostEvent.SETTLED, f"{verdict.verdict} is certain: {done.why}", rule=done.rule)
+                say(f"{verdict.verdict} is certain ({done.rule}): {done.why}")
+                return current
         if current == Stage.BACK_AT_LOGIN:
             return current
         limit = limits.get(current, scenario.stall_seconds)

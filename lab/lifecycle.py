@@ -18,13 +18,14 @@ import libvirt
 from . import domain as domain_mod
 from . import signals
 from . import snapshot as snapshot_mod
+from . import vmcore as vmcore_mod
 from .console import Console, ConsoleClosed
 from .errors import HostError, LabError
 from .follow import Fault, follow
 from .timeout import Timeout
 from .transcript import Transcript
 from .verdict import Verdict, derive
-from .vocabulary import HostEvent, Stage
+from .vocabulary import GuestEvent, HostEvent, Outcome, Stage
 
 if TYPE_CHECKING:   # types only
     from .accel import Accel
@@ -46,6 +47,7 @@ class Lifecycle:
         self.console: Console | None = None
         self.facts: dict = {"preflight": {}, "vmcore": {}}
         self.shut_down_cleanly = False
+        self.followed = False
         self._turn = contextlib.ExitStack()   # a snapshot's repeats take turns (see snapshot.restore)
         self._events_lock = threading.Lock()
         self._torn_down = False
@@ -164,17 +166,38 @@ class Lifecycle:
             self.host_event(HostEvent.TRIGGER, self.console.trigger(self.scenario.trigger_cpu()))
 
     def follow(self) -> str:
-        """Through the panic, stage by stage, until the guest is back at a login prompt or stops progressing;
-        back at a login, count the vmcores on its disk and shut it down so the disk can be checked."""
+        """Through the panic, stage by stage, until the verdict is certain or the guest stops progressing.
+        A scenario with wait_for_login follows the rebooted guest to its login prompt instead, counts the
+        vmcores from inside and shuts it down so that its disk can be checked."""
         reached = follow(self.console, self.dom, self.scenario, self.timeout, self.say, self.host_event,
-                         Fault(self.dom, self.scenario, self.host_event))
+                         Fault(self.dom, self.scenario, self.host_event), self.facts["preflight"])
         if reached == Stage.BACK_AT_LOGIN:
             self.console.login(self.timeout.child("login-again", 60))
-            self.facts["vmcore"] = self.console.facts("lab-vmcore", self.timeout.child("vmcore-check", 60))
-            self.say(f"vmcore check: {self.facts['vmcore'].get('vmcore_count', '?')} dump file(s)")
+            self.facts["vmcore_in_guest"] = self.console.facts("lab-vmcore", self.timeout.child("vmcore-count", 60))
+            self.say(f"vmcores on the guest's disk: {self.facts['vmcore_in_guest'].get('vmcore_count', '?')}")
             if self.dom.overlay is not None and self.dom.overlay.suffix == ".raw":
                 self.shut_down_cleanly = self._poweroff(self.timeout.child("poweroff", 120))
+        self.followed = True
         return reached
+
+    def _check_vmcore(self) -> None:
+        """Once the domain has stopped: the dump, read from its disk on the host (lab/vmcore.py)."""
+        if not self.followed:
+            return   # interrupted or cut short: nothing to check, and the user is waiting
+        events = self.transcript.events()
+        verdict = derive(events)
+        captured = any(s.name == Stage.CAPTURE_KERNEL_BOOTED for s in verdict.stages)
+        if self.dom.overlay is None or not self.dom.overlay.exists() or not (captured or verdict.verdict == Outcome.DUMP):
+            return
+        panics = [e for e in events if e.kind == GuestEvent.PANIC]
+        console_panic = vmcore_mod.PANIC_TEXT.search(panics[0].text).group(0).strip() if panics else ""
+        self.say("reading the vmcore from the guest's disk on the host")
+        with self.timeout.step("vmcore"):
+            result = vmcore_mod.check(self.dom.overlay, self.dom.workdir, self.transcript.path.parent, console_panic,
+                                      expected=verdict.verdict == Outcome.DUMP, partitioned=self.dom.partitioned)
+        self.facts["vmcore"] = result.to_json()
+        self.say(f"vmcore check: {result.check}" + (f" ({result.why})" if result.why else
+                                                     f": {result.count} dump file(s), {result.format or 'none'}"))
 
     def _poweroff(self, limit: Timeout) -> bool:
         """Shut the guest down from inside, so its filesystem can be checked from the host afterwards."""
@@ -209,6 +232,7 @@ class Lifecycle:
             steps.append(("console", self.console.close))
         if self.dom:
             steps += [("destroy", self.dom.destroy),
+                      ("vmcore", self._check_vmcore),
                       ("disk check", lambda: disk_check.update(self.dom.check_disk(self.shut_down_cleanly))),
                       ("scratch", self.dom.remove_files)]
         if self.transcript:

@@ -6,7 +6,8 @@
         assert lab_run.transcript.contains("saved vmcore")
         assert lab_run.stage("capture_kernel").duration < 120
 
-Each distinct scenario (with its overrides) runs once per session, however many tests ask for it.
+Each distinct scenario (with its overrides) runs once per session, however many tests ask for it; the
+first test that needs one runs all the session's scenarios as one batch, side by side.
 `lab_recorded(path)` loads a saved log into the same Run object, with no VM.
 """
 from __future__ import annotations
@@ -103,6 +104,8 @@ class Run:
 
     @classmethod
     def from_report(cls, report: dict) -> "Run":
+        if "artifacts" not in report:   # the run ended before it had a guest (its error is in the report)
+            return cls({"stages": [], "diagnosis": report.get("error"), "stage": None, **report}, ConsoleText(b""), None)
         folder = Path(report["artifacts"]["dir"])
         return cls(report, ConsoleText((folder / "console.log").read_bytes(), report["stages"]), folder)
 
@@ -137,20 +140,34 @@ def lab_results(request) -> Path:
     return folder
 
 
+def _scenario_of(item, config):
+    from . import scenario as sc
+    marker = item.get_closest_marker("lab")
+    if marker is None or "scenario" not in marker.kwargs:
+        return None
+    overrides = [f"{k}={v}" for k, v in sorted(marker.kwargs.items()) if k != "scenario"]
+    if config.getoption("--lab-image"):
+        overrides.append(f"image={config.getoption('--lab-image')}")
+    return sc.with_overrides(sc.resolve(marker.kwargs["scenario"]), overrides)
+
+
+def _run_all(session, results: Path) -> dict:
+    """Every scenario the session's selected tests ask for, once, side by side as one batch: guests
+    under TCG each keep a core busy, so the batch runs as many at once as the host has cores and memory."""
+    from . import batch
+    wanted = list(dict.fromkeys(s for s in (_scenario_of(item, session.config) for item in session.items) if s))
+    reports = batch.run_many(wanted, results, batch.default_parallel(wanted))
+    return {scenario: Run.from_report(report) for scenario, report in zip(wanted, reports)}
+
+
 @pytest.fixture
 def lab_run(request, lab_results) -> Run:
-    from . import runner
-    from . import scenario as sc
-    marker = request.node.get_closest_marker("lab")
-    if marker is None or "scenario" not in marker.kwargs:
+    scenario = _scenario_of(request.node, request.config)
+    if scenario is None:
         raise pytest.UsageError(f"{request.node.nodeid}: lab_run needs @pytest.mark.lab(scenario=...)")
-    overrides = [f"{k}={v}" for k, v in sorted(marker.kwargs.items()) if k != "scenario"]
-    if request.config.getoption("--lab-image"):
-        overrides.append(f"image={request.config.getoption('--lab-image')}")
-    scenario = sc.with_overrides(sc.resolve(marker.kwargs["scenario"]), overrides)
     runs = request.config._lab_runs
     if scenario not in runs:
-        runs[scenario] = Run.from_report(runner.run(scenario, lab_results).to_json())
+        runs.update(_run_all(request.session, lab_results))
     request.node._lab_run = runs[scenario]
     return runs[scenario]
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from . import paths
 from .errors import HostError
 from .verdict import Verdict
-from .vocabulary import GuestEvent, HostEvent
+from .vocabulary import GuestEvent, HostEvent, Stage
 
 if TYPE_CHECKING:   # types only
     from .scenario import Scenario
@@ -20,7 +20,10 @@ if TYPE_CHECKING:   # types only
 HYPERV_LINE = "Microsoft Hyper-V"
 # 2: adds console.took_over_from_another_viewer, timings.steps and the stall event's deadline_s;
 # every key of version 1 is still there, with the same meaning.
-REPORT_VERSION = 2
+# 3: adds verdict_t and decided_by (when and why the watch ended: early verdicts, lab/settle.py); vmcore
+# is now the host's check of the dump (lab/vmcore.py): check, count, format, size, filesystem, the panic
+# lines compared. The guest's own count (version 2's vmcore) is vmcore.in_guest, with wait_for_login only.
+REPORT_VERSION = 3
 
 
 def _hyperv(accel, preflight: dict, transcript) -> dict:
@@ -105,6 +108,7 @@ class RunReport:
     warnings: list[str]
     snapshot: dict | None
     finished: str
+    decided: dict = dataclasses.field(default_factory=dict)   # verdict_t, and the rule that ended the watch
 
     @property
     def outcome(self) -> str | None:
@@ -119,6 +123,7 @@ class RunReport:
             "report_version": REPORT_VERSION,
             "run_id": self.run_id, "scenario": dataclasses.asdict(self.scenario), "verdict": self.outcome,
             "stage": v.stage, "diagnosis": diagnosis, "rule": v.rule,
+            "verdict_t": self.decided.get("verdict_t"), "decided_by": self.decided.get("by"),
             "stages": [dataclasses.asdict(s) for s in v.stages],
             "evidence": [{"line": e.line, "text": e.text, "event": e.kind, "t": e.t} for e in v.evidence],
             "earlier_cycles": [c.to_json() for c in v.earlier],
@@ -162,15 +167,18 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
           timings, wall, cut_short, profile: dict, warnings: list[str], snapshot: dict | None,
           steps: list[dict] = ()) -> RunReport:
     preflight = facts.get("preflight", {})
-    vmcore = facts.get("vmcore", {})
-    dumps = [v for k, v in vmcore.items() if k == "vmcore"]
+    in_guest = facts.get("vmcore_in_guest", {})
+    vmcore = facts.get("vmcore") or None
+    if vmcore is not None and in_guest:
+        vmcore = {**vmcore, "in_guest": {"count": int(in_guest.get("vmcore_count", 0) or 0),
+                                         "files": [v for k, v in in_guest.items() if k == "vmcore"]}}
     # The issue's definition of overhead: rendering, overlay and seed, define/start, attach, classify.
     # Destroying the guest is reported apart: it is libvirt waiting for QEMU to exit (1.2-1.9 s here).
     lab_seconds = round(sum(v for k, v in timings.items() if k != "teardown"), 3)
     return RunReport(
         run_id=run_id, scenario=scenario, verdict=verdict, cut_short=cut_short,
         kdump=_armed(scenario, preflight, transcript),
-        vmcore={"count": int(vmcore.get("vmcore_count", 0) or 0), "files": dumps} if vmcore else None,
+        vmcore=vmcore,
         preflight=preflight,
         profile=_profile(profile, transcript),
         disk_check=facts.get("disk_check") or None,
@@ -188,7 +196,22 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
                    "domain_xml": "domain.xml", "user_data": "user-data"},
         warnings=warnings, snapshot=snapshot,
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        decided=_decided(verdict, transcript),
     )
+
+
+def _decided(verdict: Verdict, transcript) -> dict:
+    """When the watch ended (host seconds, the stages' clock), and why: an early rule (lab/settle.py), a
+    stall deadline, the login the scenario waited for, or the console closing."""
+    for event in reversed(transcript.host_events):
+        if event.kind == HostEvent.SETTLED:
+            return {"verdict_t": event.t, "by": {"kind": "settled", "rule": dict(event.groups).get("rule"), "why": event.text}}
+        if event.kind in (HostEvent.STALL, HostEvent.CONSOLE_CLOSED):
+            return {"verdict_t": event.t, "by": {"kind": event.kind, "why": event.text}}
+    login = [s for s in verdict.stages if s.name == Stage.BACK_AT_LOGIN]
+    if login:
+        return {"verdict_t": login[0].t, "by": {"kind": "back_at_login", "why": login[0].text}}
+    return {"verdict_t": None, "by": None}
 
 
 def run_folder(artifacts: Path) -> Path:

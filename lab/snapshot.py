@@ -27,7 +27,8 @@ from .errors import HostError
 from .scenario import Scenario
 
 # What does not change the ready guest: how the panic is triggered, what is expected, how often, how long to wait.
-NOT_GUEST_STATE = {"name", "description", "trigger", "expect", "repeat", "stall_seconds", "boot_seconds"}
+NOT_GUEST_STATE = {"name", "description", "trigger", "expect", "repeat", "stall_seconds", "boot_seconds",
+                   "wait_for_login"}
 
 
 def key(scenario: Scenario, image_key: str, accel_name: str) -> str:

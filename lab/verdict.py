@@ -57,7 +57,7 @@ class Verdict:
         }
 
 
-def _tag_boots(events: list[Event]) -> list[bool]:
+def capture_boots(events: list[Event]) -> list[bool]:
     """For each event: was it printed by a capture environment?
 
     The log is cut into boots at each kernel banner or firmware banner, and at a second panic with no
@@ -105,7 +105,7 @@ def _is_reset(e: Event, capture: bool) -> bool:
 
 
 def derive(events: list[Event]) -> Verdict:
-    flags = _tag_boots(events)
+    flags = capture_boots(events)
     starts = [i for i, e in enumerate(events) if e.kind == G.PANIC and not flags[i]]
     if not starts:
         capture_at = [i for i, e in enumerate(events) if flags[i]]

@@ -70,6 +70,7 @@ class HostEvent(StrEnum):
     FAULT_APPLIED = "fault_applied"            # stale-vmbus: the paravirtual disk stopped at the panic
     FAULT_LIFTED = "fault_lifted"              # ... and answers again after the reset
     STALL = "stall"                            # no new stage within the stage's deadline
+    SETTLED = "settled"                        # an early rule (lab/settle.py) made the verdict certain
     CONSOLE_CLOSED = "console_closed"
     POWERED_OFF = "powered_off"                # the guest shut down cleanly for the disk check
     POWEROFF_TIMEOUT = "poweroff_timeout"

@@ -41,6 +41,9 @@ def pytest_addoption(parser):
     parser.addoption("--update-recorded", action="store_true",
                      help="rewrite the VERDICT and STAGE of tests/transcripts/*.log to what the engine says now "
                           "(review the diff before committing it)")
+    parser.addoption("--all-faults", action="store_true",
+                     help="every fault-injection point with every signal (make test-faults); without it, "
+                          "each point once, the signals rotated over them")
 
 
 def pytest_configure(config):

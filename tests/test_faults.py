@@ -33,6 +33,9 @@ POINTS = {
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
 # A closed terminal (SIGHUP) unwinds like SIGTERM: tried while the guest boots and once it has panicked.
 INJECTIONS = [(stage, sig) for stage in POINTS for sig in SIGNALS] + [("booting", signal.SIGHUP), ("panicked", signal.SIGHUP)]
+# make test: each point but the early build once, every signal at least once (make test-faults: all of INJECTIONS).
+REPRESENTATIVE = [("image_build_late", signal.SIGTERM), ("defined", signal.SIGKILL), ("booting", signal.SIGHUP),
+                  ("booting_late", signal.SIGINT), ("panicked", signal.SIGTERM), ("capture_kernel", signal.SIGKILL)]
 CARRIED_OUT: list[str] = []   # injections done in this session (pytest runs them in this process)
 
 
@@ -89,7 +92,16 @@ def fresh_cache(tmp_path):
     return tmp_path / "cache"
 
 
-@pytest.mark.parametrize("stage,sig", INJECTIONS, ids=[f"{s}-{g.name}" for s, g in INJECTIONS])
+def _injections(config) -> list:
+    return INJECTIONS if config.getoption("--all-faults") else REPRESENTATIVE
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.originalname == "test_killed_lab_leaves_nothing_behind":
+        chosen = _injections(metafunc.config)
+        metafunc.parametrize("stage,sig", chosen, ids=[f"{s}-{g.name}" for s, g in chosen])
+
+
 def test_killed_lab_leaves_nothing_behind(stage, sig, tmp_path, fresh_cache):
     scenario, progress, extra = POINTS[stage]
     env = _lab_env(tmp_path)
@@ -187,14 +199,19 @@ def _record(stage, sig):
     CARRIED_OUT.append(f"{stage}-{sig.name}")
 
 
-def test_at_least_20_injections_ran_in_this_session(request):
-    """Runs after the injections (same module, in order): 20 or more per session, each one carried out."""
+def test_every_selected_injection_was_carried_out(request):
+    """Runs after the injections (same module, in order): each one carried out, 20 or more with
+    --all-faults (make test-faults), each point and each signal with the representative set (make test)."""
+    wanted = _injections(request.config)
     selected = [i for i in request.session.items if i.originalname == "test_killed_lab_leaves_nothing_behind"]
     ledger = list(CARRIED_OUT)
-    if len(selected) < 20:
-        pytest.skip(f"only {len(selected)} injections selected")
+    if len(selected) < len(wanted):
+        pytest.skip(f"only {len(selected)} of {len(wanted)} injections selected")
     print(f"fault injections in this session: {len(ledger)}")
-    assert len(ledger) == len(selected) >= 20, ledger
+    assert len(ledger) == len(selected) == len(wanted), ledger
+    assert len(ledger) >= 20 if request.config.getoption("--all-faults") else len(ledger) >= 6
+    assert {sig for _stage, sig in wanted} >= set(SIGNALS) | {signal.SIGHUP}
+    assert {stage for stage, _sig in wanted} >= set(POINTS) - {"image_build"}
 
 
 def test_a_libvirtd_restart_ends_the_run_as_a_host_error_and_cleanup_still_works(tmp_path):

@@ -14,24 +14,24 @@ pytestmark = pytest.mark.live
 
 # What each base scenario must show, beyond its expected verdict.
 EXPECTED_STAGES = {
-    "panic-reboot": [S.BOOTED, S.PANICKED, S.RESET, S.BACK_AT_LOGIN],
+    "panic-reboot": [S.BOOTED, S.PANICKED, S.RESET],
     "panic-hang": [S.BOOTED, S.PANICKED],
-    "kdump": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.DUMP_SAVING, S.DUMP_SAVED, S.RESET,
-              S.BACK_AT_LOGIN],
+    "kdump": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.DUMP_SAVING, S.DUMP_SAVED, S.RESET],
     "hyperv-kdump-default": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED],
     "hyperv-kdump-kb2858695": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.DUMP_SAVING,
-                               S.DUMP_SAVED, S.RESET, S.BACK_AT_LOGIN],
-    "hyperv-kdump-timeout": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.RESET, S.BACK_AT_LOGIN],
+                               S.DUMP_SAVED, S.RESET],
+    "hyperv-kdump-timeout": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.RESET],
     "hyperv-kdump-hvcrash": [S.BOOTED, S.ARMED, S.PANICKED, S.CAPTURE_KERNEL_BOOTED, S.DUMP_SAVING,
-                             S.DUMP_SAVED, S.RESET, S.BACK_AT_LOGIN],
+                             S.DUMP_SAVED, S.RESET],
     "hyperv-panic-hang": [S.BOOTED, S.PANICKED],
-    "hyperv-panic-reboot": [S.BOOTED, S.PANICKED, S.RESET, S.BACK_AT_LOGIN],
+    "hyperv-panic-reboot": [S.BOOTED, S.PANICKED, S.RESET],
     "hyperv-kdump-not-armed": [S.BOOTED, S.PANICKED],
 }
 GEN1 = [name for name in EXPECTED_STAGES if name.startswith("hyperv-")]
 
 
-# A guest that hangs never moves again: a 60 s stall deadline says so as surely as the default 120 s.
+# A guest that hangs never moves again: a 60 s stall deadline says so as surely as the default 120 s
+# (only the capture kernel stuck on its disk needs one; a finished panic with kernel.panic=0 settles at once).
 HANG_STALL_SECONDS = 60
 
 
@@ -74,26 +74,47 @@ def test_kdump_armed_only_when_asked(report, scenario):
         assert "crashkernel" in report["kdump"]["crashkernel"]
 
 
+# The early rule (lab/settle.py) that ended each watch; the seed's capture-kernel hang has none to end it.
+SETTLED_BY = {"panic-reboot": "S2", "panic-hang": "S3", "kdump": "S1", "hyperv-kdump-kb2858695": "S1",
+              "hyperv-kdump-timeout": "S2", "hyperv-kdump-hvcrash": "S1", "hyperv-panic-hang": "S3",
+              "hyperv-panic-reboot": "S2", "hyperv-kdump-not-armed": "S3"}
+
+
+@scenarios(*EXPECTED_STAGES)
+def test_the_verdict_is_declared_as_soon_as_a_rule_makes_it_certain(report, scenario):
+    decided = report["decided_by"]
+    if scenario in SETTLED_BY:
+        assert (decided["kind"], decided["rule"]) == ("settled", SETTLED_BY[scenario]), decided
+    else:
+        assert decided["kind"] == H.STALL, decided
+    last_stage = max(s["t"] for s in report["stages"])
+    assert last_stage <= report["verdict_t"] <= report["timings"]["wall_seconds"]
+
+
 @scenarios("kdump", "hyperv-kdump-kb2858695", "hyperv-kdump-hvcrash")
-def test_kdump_leaves_a_real_vmcore_on_the_guest_disk(report, scenario):
+def test_the_vmcore_is_read_from_the_disk_on_the_host_and_is_this_run_s(report, scenario):
     vmcore = report["vmcore"]
-    assert vmcore["count"] == 1
-    path, size, magic = (part.split("=", 1)[-1] for part in vmcore["files"][0].split())
-    assert path.startswith("/var/crash/") and "/dump." in path
-    assert int(size) > 10 * 2**20           # ~40 MB for a 1 GiB guest, makedumpfile -d 31
-    assert magic.startswith("makedumpfile")  # kdump-tools writes the flattened format
+    assert vmcore["check"] == "passed", vmcore["why"]
+    assert vmcore["count"] == 1 and vmcore["guest_path"].startswith("/var/crash/")
+    assert vmcore["format"] == "flattened"     # kdump-tools writes makedumpfile's flattened format
+    assert vmcore["size"] > 10 * 2**20         # ~40 MB for a 1 GiB guest, makedumpfile -d 31
+    assert vmcore["panic_lines_match"] and vmcore["dump_panic"] == vmcore["console_panic"]
+    assert "Kernel panic - not syncing" in vmcore["console_panic"]
+    folder = paths.Path(report["artifacts"]["dir"])
+    assert (folder / vmcore["file"]).read_bytes()[:8] == b"KDUMP   "   # rebuilt by makedumpfile -R
+    assert vmcore["console_panic"] in (folder / vmcore["dmesg"]).read_text()
+    assert vmcore["sound"] is True, vmcore["fsck"]
 
 
 @scenarios("panic-reboot")
 def test_reboot_leaves_no_vmcore(report, scenario):
-    assert report["vmcore"]["count"] == 0
+    assert report["vmcore"] is None   # no capture kernel ran: there is nothing to look for
 
 
 @scenarios("panic-hang")
 def test_hang_says_where_and_for_how_long(report, scenario):
     assert report["stage"] == "panicked"
-    assert "kernel.panic=0" in report["diagnosis"]
-    assert f"{report['scenario']['stall_seconds']:.0f} s" in report["diagnosis"]
+    assert "kernel.panic=0" in report["diagnosis"] and "no capture kernel" in report["diagnosis"]
     assert not [e for e in report["host_events"] if e["kind"] == H.LIBVIRT_RESET]
 
 
@@ -130,7 +151,7 @@ def test_stale_vmbus_hangs_the_capture_kernel_and_points_at_the_fix(report, scen
     assert report["stage"] == "capture_kernel_booted"
     assert [e["kind"] for e in report["host_events"] if e["kind"] in (H.FAULT_APPLIED, H.FAULT_LIFTED)] == [H.FAULT_APPLIED]
     assert "paravirtual disk path" in report["diagnosis"] and "KB2858695" in report["diagnosis"]
-    assert report["vmcore"] is None
+    assert (report["vmcore"]["check"], report["vmcore"]["count"]) == ("passed", 0), report["vmcore"]
 
 
 @scenarios("hyperv-kdump-kb2858695")
@@ -140,7 +161,7 @@ def test_kb_configuration_dumps_through_ide_and_the_disk_stays_sound(report, sce
     translated = {row["kdump.conf"]: row["kdump-tools"] for row in report["profile"]["kdump_config_translated"]}
     assert translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"].startswith("modprobe.blacklist=")
     assert "virtio_blk" in translated["blacklist hv_vmbus hv_storvsc hv_utils hv_netvsc hid_hyperv"]
-    assert report["disk_check"]["clean"] is True, report["disk_check"]
+    assert report["vmcore"]["sound"] is True, report["vmcore"]["fsck"]
 
 
 @scenarios("hyperv-kdump-timeout")
@@ -149,8 +170,8 @@ def test_capture_kernel_gives_up_on_the_stale_path_and_the_guest_reboots(report,
     assert "paravirtual disk path" in report["diagnosis"] and "KB2858695" in report["diagnosis"]
     kinds = [e["kind"] for e in report["host_events"]]
     assert kinds.index(H.FAULT_APPLIED) < kinds.index(H.FAULT_LIFTED)
-    assert report["vmcore"]["count"] == 0
-    assert report["disk_check"]["clean"] is True, report["disk_check"]
+    assert (report["vmcore"]["check"], report["vmcore"]["count"]) == ("passed", 0), report["vmcore"]
+    assert report["vmcore"]["sound"] is True, report["vmcore"]["fsck"]
 
 
 @scenarios("hyperv-kdump-hvcrash")
@@ -175,5 +196,5 @@ def test_the_plugin_reads_like_the_issue_asks(lab_run):
     assert lab_run.verdict == "dump"
     assert lab_run.transcript.contains("saved vmcore")
     assert lab_run.stage("capture_kernel").duration < 120
-    lab_run.transcript.assert_in_order(r"Kernel panic - not syncing", r"elfcorehdr=", r"saved vmcore", r"login:")
+    lab_run.transcript.assert_in_order(r"Kernel panic - not syncing", r"elfcorehdr=", r"saved vmcore", r"reboot: Restarting system")
     assert any("makedumpfile" in line or "vmcore" in line for line in lab_run.transcript.stage_slice("dump_saving"))
