@@ -126,6 +126,8 @@ def bench_scenarios(names, runs: int, results: Path) -> dict:
             "runs": runs, "verdicts": [r["verdict"] for r in reports],
             "stage_seconds_from_panic_median": _stage_medians(reports),
             "wall_seconds_median": _median([r["timings"]["wall_seconds"] for r in reports]),
+            "verdict_after_panic_seconds_median": _median([_verdict_after_panic(r) for r in reports]),
+            "decided_by": [(r.get("decided_by") or {}).get("rule") or (r.get("decided_by") or {}).get("kind") for r in reports],
             "lab_overhead_seconds_median": _median([r["timings"]["lab_seconds"] for r in reports]),
             "teardown_seconds_median": _median([r["timings"]["teardown_seconds"] for r in reports]),
             "accel": reports[0]["accel"]["name"],
@@ -135,9 +137,10 @@ def bench_scenarios(names, runs: int, results: Path) -> dict:
     return out
 
 
-def _to_login(report: dict) -> float | None:
-    """Seconds from resume (or restore) to the login prompt after the panic."""
-    return next((s["t"] for s in report["stages"] if s["name"] == "back_at_login"), None)
+def _verdict_after_panic(report: dict) -> float | None:
+    """Seconds from the panic to the moment the verdict was certain (report verdict_t)."""
+    panicked = next((s["t"] for s in report["stages"] if s["name"] == "panicked"), None)
+    return round(report["verdict_t"] - panicked, 3) if panicked is not None and report.get("verdict_t") else None
 
 
 def bench_snapshot(runs: int, results: Path, name: str = "kdump") -> dict:
@@ -146,8 +149,9 @@ def bench_snapshot(runs: int, results: Path, name: str = "kdump") -> dict:
     cold = [runner.run(sc.resolve(name), results).to_json() for _ in range(runs)]
     warm = [runner.run(sc.resolve(name), results, snapshot=True).to_json() for _ in range(runs)]
     return {"scenario": name, "runs": runs,
-            "cold_resume_to_next_login_median": _median([_to_login(r) for r in cold]),
-            "snapshot_restore_to_next_login_median": _median([_to_login(r) for r in warm]),
+            "cold_resume_to_verdict_median": _median([r["verdict_t"] for r in cold]),
+            "snapshot_restore_to_verdict_median": _median([r["verdict_t"] for r in warm]),
+            "vmcore_checks_snapshot": [(r["vmcore"] or {}).get("check") for r in warm],
             "cold_wall_median": _median([r["timings"]["wall_seconds"] for r in cold]),
             "snapshot_wall_median": _median([r["timings"]["wall_seconds"] for r in warm]),
             "verdicts_cold": [r["verdict"] for r in cold], "verdicts_snapshot": [r["verdict"] for r in warm],
@@ -240,15 +244,16 @@ def table(out: dict) -> str:
         stages = ", ".join(f"{k} {v}" for k, v in row["stage_seconds_from_panic_median"].items() if v is not None)
         lines.append(f"{name:<24} wall {row['wall_seconds_median']:6.1f} s  lab overhead "
                      f"{row['lab_overhead_seconds_median']:.2f} s  teardown {row['teardown_seconds_median']:.2f} s  "
-                     f"from the panic: {stages}")
+                     f"from the panic: {stages}; verdict certain {row['verdict_after_panic_seconds_median']} s "
+                     f"after the panic ({', '.join(map(str, row['decided_by']))})")
         if row.get("hang_over_deadline_seconds_median") is not None:
             lines.append(f"{'':<24} hang declared {row['hang_over_deadline_seconds_median']} s past its stage deadline, "
                          f"then {row['hang_teardown_seconds_median']} s of teardown before the verdict")
     if "snapshot" in out:
         s = out["snapshot"]
-        lines.append(f"snapshot ({s['scenario']})      resume->next login: cold {s['cold_resume_to_next_login_median']} s, "
-                     f"from snapshot {s['snapshot_restore_to_next_login_median']} s; wall {s['cold_wall_median']} s vs "
-                     f"{s['snapshot_wall_median']} s")
+        lines.append(f"snapshot ({s['scenario']})      resume->verdict: cold {s['cold_resume_to_verdict_median']} s, "
+                     f"from snapshot {s['snapshot_restore_to_verdict_median']} s; wall (vmcore checked) "
+                     f"{s['cold_wall_median']} s vs {s['snapshot_wall_median']} s; checks {s['vmcore_checks_snapshot']}")
     if "matrix" in out:
         m = out["matrix"]
         lines.append(f"seed matrix              {m['wall_seconds_median']} s wall ({m['parallel']} at a time, "

@@ -180,19 +180,24 @@ def write_invocation(folder: Path, reports: list[dict], parallel: int, wall: flo
     return data
 
 
+def _vmcore_cell(vm: dict) -> str:
+    """The host's check of the dump: how many, passed or failed, and the size as saved."""
+    if not vm:
+        return "-"
+    size = f", {vm['size'] / 2**20:.1f} MiB" if vm.get("size") else ""
+    return f"{vm.get('count', 0)} {vm.get('check', '')}{size}"
+
+
 def table(reports: list[dict]) -> str:
     rows = [("scenario", "accel", "verdict", "expected", "stage", "vmcore", "wall", "diagnosis")]
     for r in reports:
         vm = r.get("vmcore") or {}
-        size = ""
-        if vm.get("files"):
-            size = vm["files"][0].split("size=")[-1].split()[0]
         if "error" in r:   # the run failed on the host before it had a report
             rows.append((r["scenario"]["name"], "-", "error", r["scenario"].get("expect") or "-", "-", "-", "-",
                          r["error"][:90]))
             continue
         rows.append((r["scenario"]["name"], r["accel"]["name"], r["verdict"] or "error", r.get("expected") or "-",
-                     r["stage"], f"{vm.get('count', 0)} ({size} B)" if size else str(vm.get("count", "-")),
+                     r["stage"], _vmcore_cell(vm),
                      f"{r['timings']['wall_seconds']:.0f}s", r["diagnosis"][:90]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []

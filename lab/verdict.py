@@ -115,9 +115,10 @@ def derive(events: list[Event]) -> Verdict:
             return Verdict(Outcome.UNKNOWN, last, "no panic in the transcript", before, [], "R5")
         starts = [capture_at[0]]
     cycles = []
+    before = _pre_panic_stages(events, flags)
     for n, start in enumerate(starts):
         end = starts[n + 1] if n + 1 < len(starts) else len(events)
-        cycles.append(_cycle(events, flags, start, end))
+        cycles.append(_cycle(events, flags, start, end, before[start]))
     final = cycles[-1]
     final.earlier = cycles[:-1]
     return final
@@ -156,20 +157,27 @@ def _stages(events, flags, start, end) -> list[StageReached]:
     return sorted(reached.values(), key=lambda s: s.name.order)
 
 
-def _pre_panic_stages(events, flags, start) -> list[StageReached]:
-    """booted/armed come from the boot the panic happened in."""
-    boot_start = 0
-    for i in range(start - 1, -1, -1):
-        if events[i].kind in (G.KERNEL_BANNER, G.FIRMWARE) and not flags[i]:
-            boot_start = i
-            break
-    return [s for s in _stages(events, flags, boot_start, start) if s.name in (Stage.BOOTED, Stage.ARMED)]
+def _pre_panic_stages(events, flags) -> list[list[StageReached]]:
+    """For each event: the booted/armed stages of the boot it belongs to, up to it (one pass; a log of
+    thousands of panics must not rescan its boot for each one). The boot starts at the last non-capture
+    kernel or firmware banner; it is `booted` only if that banner is a kernel's."""
+    out: list[list[StageReached]] = []
+    booted: StageReached | None = None
+    armed: StageReached | None = None
+    for i, e in enumerate(events):
+        out.append([s for s in (booted, armed) if s])
+        if e.kind in (G.KERNEL_BANNER, G.FIRMWARE) and not flags[i]:
+            booted = StageReached(Stage.BOOTED, e.line, e.text, e.t, e.kt) if e.kind == G.KERNEL_BANNER else None
+            armed = None
+        elif e.kind == G.KDUMP_ARMED and not flags[i] and armed is None:
+            armed = StageReached(Stage.ARMED, e.line, e.text, e.t, e.kt)
+    return out
 
 
-def _cycle(events: list[Event], flags: list[bool], start: int, end: int) -> Verdict:
+def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before: list[StageReached]) -> Verdict:
     span = events[start:end]
     caps = flags[start:end]
-    stages = _pre_panic_stages(events, flags, start) + _stages(events, flags, start, end)
+    stages = before + _stages(events, flags, start, end)
     first: dict[str, StageReached] = {}
     for st in stages:
         first.setdefault(st.name, st)   # the earliest evidence of each stage
