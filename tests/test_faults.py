@@ -30,6 +30,9 @@ POINTS = {
     "panicked": ("kdump", r": stage panicked$", 0.0),
     "capture_kernel": ("kdump", r": stage capture_kernel_booted$", 0.0),
 }
+# Past the panic, the run is restored from the kdump snapshot (made once, before any state is compared):
+# what is killed there is the panic and the capture kernel, not a cold boot, which the points before cover.
+FROM_SNAPSHOT = {"panicked", "capture_kernel"}
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
 # A closed terminal (SIGHUP) unwinds like SIGTERM: tried while the guest boots and once it has panicked.
 INJECTIONS = [(stage, sig) for stage in POINTS for sig in SIGNALS] + [("booting", signal.SIGHUP), ("panicked", signal.SIGHUP)]
@@ -85,6 +88,21 @@ def _layout_of_a_machine_that_ran_the_lab(env: dict) -> None:
                    cwd=ROOT, env=env, check=True)
 
 
+@pytest.fixture(scope="module")
+def kdump_snapshot():
+    """The kdump scenario's ready-to-panic snapshot, made now if there is none."""
+    from lab import accel, image, lifecycle, progress
+    from lab import scenario as sc
+    conn = host.connect()
+    try:
+        img = image.ensure(image.DEFAULT)
+        found = accel.detect(conn, lambda: str(img.kernel))
+        say = progress.Reporter("fault-tests", progress.sink_for(sys.stderr), time.monotonic())
+        return lifecycle.make_snapshot(conn, sc.resolve("kdump"), img, found, say, 900)
+    finally:
+        host.disconnect(conn)
+
+
 @pytest.fixture
 def fresh_cache(tmp_path):
     """A cache without the image (the lab makes and marks the folder itself, then `images/` is there as on
@@ -102,8 +120,12 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("stage,sig", chosen, ids=[f"{s}-{g.name}" for s, g in chosen])
 
 
-def test_killed_lab_leaves_nothing_behind(stage, sig, tmp_path, fresh_cache):
+def test_killed_lab_leaves_nothing_behind(stage, sig, tmp_path, fresh_cache, request):
     scenario, progress, extra = POINTS[stage]
+    how = ()
+    if stage in FROM_SNAPSHOT:
+        request.getfixturevalue("kdump_snapshot")
+        how = ("--snapshot",)
     env = _lab_env(tmp_path)
     cache = paths.cache_dir()
     if stage.startswith("image_build"):   # a cache without the image, so that the run has to build it
@@ -113,7 +135,7 @@ def test_killed_lab_leaves_nothing_behind(stage, sig, tmp_path, fresh_cache):
     (cache / "images").mkdir(exist_ok=True)
     before = _state(cache, tmp_path / "tmp")
 
-    lab = _lab("run", scenario, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    lab = _lab("run", scenario, *how, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     seen = []
     deadline = time.monotonic() + 300
     for line in lab.stderr:

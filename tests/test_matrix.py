@@ -15,10 +15,10 @@ pytestmark = pytest.mark.live
 
 MATRIX = """
 [[scenario]]
-base = "kdump"
+base = "panic-reboot"
 name = "trigger"
 vcpus = 2
-expect = "dump"
+expect = "reboot"
 
 [matrix]
 trigger = ["nmi", "cpu:1"]
@@ -41,7 +41,7 @@ def test_a_matrix_runs_side_by_side_and_reports(matrix_run):
     assert "2 run(s), 2 at a time" in done.stderr
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["all_expectations_held"] and summary["parallel"] == 2
-    assert {name: row["counts"]["dump"] for name, row in summary["scenarios"].items()} == \
+    assert {name: row["counts"]["reboot"] for name, row in summary["scenarios"].items()} == \
         {"trigger-trigger-nmi": 1, "trigger-trigger-cpu-1": 1}
     suite = ET.parse(folder / "junit.xml").getroot()
     assert suite.get("tests") == "2" and suite.get("failures") == "0" and suite.get("errors") == "0"
