@@ -15,12 +15,14 @@ Events, and what the verdict rules (verdict.py) make of them:
   kdump_not_armed   the kdump tooling reports it could not arm
   login_prompt      a getty is waiting: the system is up
   crash_trigger     the crash was asked for (sysrq c)
-  oops              an oops/BUG/lockup: trouble, not yet a panic
+  oops              an oops/BUG: trouble, not yet a panic
+  stall_warning     the kernel reports itself stuck (soft lockup, RCU stall, a task or worker blocked)
   panic             panic() started
   panic_end         panic() finished printing; the kernel halts or reboots after this
   reboot_announced  panic() will reset after N seconds (kernel.panic / panic=)
   kexec_handover    the crashed kernel jumps to the capture kernel
   restart           the kernel/userspace is resetting the machine now
+  halted            the machine stopped for good: a failed reboot, a halt, s390's disabled wait
   dump_saving       the capture environment started writing the vmcore
   dump_saved        the vmcore was written completely
   dump_failed       the vmcore could not be written
@@ -108,7 +110,9 @@ KERNEL = _table("kernel", [
     ("crash_trigger", r"sysrq: (?:SysRq : )?Trigger a crash"),
     ("crash_trigger", r"SysRq : Trigger a crash"),
     ("oops", r"(?:^|\] )(?:BUG: |Oops: |general protection fault|kernel BUG at|Unable to handle kernel)"),
-    ("oops", r"watchdog: BUG: soft lockup"),
+    ("stall_warning", r"BUG: soft lockup - CPU#?\d+ stuck for"),
+    ("stall_warning", r"rcu: INFO: rcu_\w+ (?:self-)?detected stalls? on CPU"),
+    ("stall_warning", r"INFO: task \S+ blocked for more than \d+ seconds"),
     ("panic", r"(?<!end )Kernel panic - not syncing: ?(.*)"),
     ("panic_end", r"---\[ end Kernel panic"),
     ("reboot_announced", r"Rebooting in (\d+) seconds"),
@@ -118,6 +122,9 @@ KERNEL = _table("kernel", [
     ("restart", r"reboot: Restarting system"),
     ("restart", r"Rebooting automatically due to panic= boot argument"),
     ("restart", r"sysrq: (?:SysRq : )?Resett?ing"),
+    ("halted", r"Reboot failed -- System halted"),
+    ("halted", r"reboot: System halted"),
+    ("halted", r"disabled wait PSW"),   # s390: the CPU loaded a disabled-wait PSW (z/VM's CP says so)
     ("hypervisor", r"Hypervisor detected: (.+)"),
     ("ata_ignored", r"Hyper-V Virtual Machine detected, ATA device ignore set"),
     ("kdump_armed", r"CPU: \d+ .*\bKdump: loaded\b"),
@@ -125,6 +132,9 @@ KERNEL = _table("kernel", [
 
 INIT = _table("init", [
     ("login_prompt", r"^\S+ login: *\S*$", PROMPT),   # the typed user name may follow
+    # udev's worker stuck on a device ("... is taking a long time", then "... killed"); a mail client may
+    # wrap the line after "processing".
+    ("stall_warning", r"systemd-udevd\[\d+\]: \S+: Worker \[\d+\] processing(?: SEQNUM=\d+)?(?: is taking a long time| killed|$)"),
     ("waiting_root", r"Begin: Waiting for root file system"),
     ("waiting_root", r"Waiting for root device"),
     ("waiting_root", r"dracut-initqueue\[\d+\]: Warning: dracut-initqueue: timeout"),

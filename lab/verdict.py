@@ -140,8 +140,8 @@ def _stages(events, flags, start, end) -> list[StageReached]:
             mark(Stage.ARMED, e)   # also from the panic's own "Kdump: loaded" line
         elif e.kind == G.PANIC and not capture:
             mark(Stage.PANICKED, e)
-        elif e.kind == G.KERNEL_BANNER and capture:
-            mark(Stage.CAPTURE_KERNEL_BOOTED, e)
+        elif e.kind in (G.KERNEL_BANNER, G.KERNEL_CMDLINE) and capture:
+            mark(Stage.CAPTURE_KERNEL_BOOTED, e)   # a log may start at the capture kernel's command line
         elif e.kind == G.DUMP_SAVING:
             mark(Stage.CAPTURE_KERNEL_BOOTED, e)
             mark(Stage.DUMP_SAVING, e)
@@ -208,14 +208,26 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
 
     resets = [i for i, e in enumerate(span) if _is_reset(e, caps[i])]
     failed = ev(G.DUMP_FAILED)
+    saving = ev(G.DUMP_SAVING)
     if resets:
         reset = span[resets[0]]
+        if saving and not failed and kinds.index(G.DUMP_SAVING) < resets[0]:
+            # Nothing says the save failed, nor that it completed (a reporter's "..." often sits here).
+            return Verdict(Outcome.UNKNOWN, last_stage, f"the capture kernel was saving a vmcore ({saving[0].text}), "
+                           f"then the machine reset ({reset.text}); the log does not say whether the save completed",
+                           stages, ev(G.PANIC)[:1] + saving[:1] + [reset], "R5")
         if captured or failed:
             why = failed[0].text if failed else "the capture kernel reset without saving a vmcore"
             return Verdict(Outcome.REBOOT, last_stage, f"dump failed: {why}{storage_note}.{fix}".rstrip("."), stages,
                            ev(G.PANIC)[:1] + failed[:1] + storage[:1] + [reset], "R2")
         return Verdict(Outcome.REBOOT, last_stage, "reset after the panic, no dump attempted", stages,
                        ev(G.PANIC)[:1] + ev(G.REBOOT_ANNOUNCED)[:1] + [reset], "R2")
+
+    halted = last_of(G.HALTED)
+    if halted >= 0:
+        h = span[halted]
+        return Verdict(Outcome.HANG, last_stage, f"the machine halted after the panic: {h.text}{storage_note}".rstrip("."),
+                       stages, ev(G.PANIC)[:1] + ev(G.REBOOT_ANNOUNCED)[-1:] + [h], "R4")
 
     stall = ev(H.STALL)
     announced = last_of(G.REBOOT_ANNOUNCED)
@@ -243,6 +255,11 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         p = span[capture_panics[-1]]
         return Verdict(Outcome.HANG, last_stage, f"the capture kernel panicked and did not reboot: {p.text}{storage_note}.{fix}".rstrip("."),
                        stages, [p] + storage[:1], "R4")
+    stuck = last_of(G.STALL_WARNING)
+    if captured and stuck >= 0 and caps[stuck] and not any(k in progress for k in kinds[stuck + 1:]):
+        return Verdict(Outcome.HANG, last_stage, f"the capture kernel reports itself stuck and the log ends there: "
+                       f"{span[stuck].text}{storage_note}.{fix}".rstrip("."),
+                       stages, ev(G.KERNEL_CMDLINE)[-1:] + [span[stuck]] + storage[:1], "R4")
     if captured and storage:
         return Verdict(Outcome.HANG, last_stage,
                        f"capture kernel booted, waiting for the dump target: {storage[-1].text}.{fix}",

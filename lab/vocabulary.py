@@ -46,6 +46,8 @@ class GuestEvent(StrEnum):
     LOGIN_PROMPT = "login_prompt"
     CRASH_TRIGGER = "crash_trigger"
     OOPS = "oops"
+    STALL_WARNING = "stall_warning"
+    HALTED = "halted"
     PANIC = "panic"
     PANIC_END = "panic_end"
     REBOOT_ANNOUNCED = "reboot_announced"

@@ -104,3 +104,38 @@ def test_a_command_line_wrapped_by_a_mail_client_still_marks_the_capture_kernel(
     # The same token far from any command line is not a command line.
     far = wrapped.replace(b"rootwait roo\n", b"rootwait\n" + b"[ 0.1] filler\n" * 5)
     assert verdict_of(far).stage == "booted"
+
+
+def test_r4_a_halt_after_an_announced_reboot_is_a_hang():
+    v = verdict_of(FIRST + PANIC + b"[ 40.2] Rebooting in 3 seconds..\n[ 43.2] Reboot failed -- System halted\n")
+    assert (v.verdict, v.stage, v.rule) == ("hang", "panicked", "R4")
+    assert "halted" in v.diagnosis
+
+
+def test_r4_s390_disabled_wait_is_a_hang():
+    v = verdict_of(FIRST + PANIC + b"00: HCPGIR450W CP entered; disabled wait PSW 00020001 80000000 00000000 0075A4D8\n")
+    assert (v.verdict, v.rule) == ("hang", "R4") and "disabled wait" in v.diagnosis
+
+
+def test_r4_a_capture_kernel_that_reports_itself_stuck_and_ends_there_is_a_hang():
+    v = verdict_of(FIRST + PANIC + CAPTURE + b"[ 25.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [kworker/0:1:12]\n")
+    assert (v.verdict, v.stage, v.rule) == ("hang", "capture_kernel_booted", "R4")
+    assert "soft lockup" in v.diagnosis
+
+
+def test_a_stuck_report_followed_by_progress_is_not_a_hang():
+    v = verdict_of(FIRST + PANIC + CAPTURE + b"[ 25.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [x:1]\n"
+                   b"kdump-tools[250]: kdump-tools: saved vmcore in /var/crash/1.\n")
+    assert v.verdict == "dump"
+
+
+def test_r5_saving_then_a_reset_with_nothing_between_is_unknown_not_dump_failed():
+    v = verdict_of(FIRST + PANIC + CAPTURE + b"kdump[557]: saving vmcore\n[ 30.0] reboot: Restarting system\n")
+    assert (v.verdict, v.rule) == ("unknown", "R5")
+    assert "does not say whether the save completed" in v.diagnosis
+
+
+def test_a_log_that_starts_at_the_capture_kernel_s_command_line_is_in_the_capture_kernel():
+    v = verdict_of(b"[ 0.0] Kernel command line: elfcorehdr=0x22c00000 irqpoll maxcpus=1 reset_devices panic=10\n"
+                   b"[ 7.7] virtio_blk virtio2: [vda] 20971520 512-byte logical blocks\n")
+    assert v.stage == "capture_kernel_booted"
