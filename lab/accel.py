@@ -74,6 +74,15 @@ def cached_choice(conn: libvirt.virConnect) -> str | None:
         return None
 
 
+def unprobed() -> Accel:
+    """For a dry run: TCG (or LAB_ACCEL) with every enlightenment the lab asks for; no probe, no libvirt."""
+    forced = os.environ.get("LAB_ACCEL")
+    base = KVM_BASE if forced == "kvm" else TCG_BASE
+    return Accel(hyperv=tuple((n, tuple(sorted(a.items()))) for n, a in HYPERV_WANTED), hyperv_rejected=(),
+                 probe=f"not probed (dry run): rendered for {base['name']}; a real run probes KVM first, "
+                       "then which Hyper-V enlightenments QEMU accepts", **base)
+
+
 def detect(conn: libvirt.virConnect, probe_kernel) -> Accel:
     """`probe_kernel()` gives the kernel a probe boots (asked for only when a probe really runs); the
     probe's disk-less domain renders from the real template."""

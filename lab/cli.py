@@ -50,6 +50,8 @@ def _cmd_run(args) -> int:
     parallel = args.parallel or batch.default_parallel(scenarios)
     root = Path(args.results) if args.results else paths.results_dir()
     _check_writable(root)
+    if args.dry_run:
+        return _dry_run(scenarios, root)
     missing = host.missing_tools(raw_disks=any(s.profile == "hyperv-gen1" for s in scenarios))
     if missing:
         raise LabError("host", f"not installed: {', '.join(missing)}; `make setup` installs them")
@@ -74,6 +76,33 @@ def _cmd_run(args) -> int:
                 print(f"{name}: {row['runs']} runs: {rates}")
         print(f"\nresults: {folder} (summary.json, junit.xml, one folder per run)")
     return 0 if data["all_expectations_held"] else 1
+
+
+def _dry_run(scenarios, root: Path) -> int:
+    import time
+    from . import dryrun
+    folder = root / f"dry-run-{time.strftime('%Y%m%d-%H%M%S')}"
+    for scenario in scenarios:
+        print(f"{scenario.name} ({scenario.profile}, image {scenario.image}, expect {scenario.expect or '-'}):")
+        for piece in dryrun.plan(scenario, folder / scenario.name):
+            print(f"  {piece.what:<22} {piece.path}")
+        print("  " + (folder / scenario.name / "cmdline.txt").read_text().replace("\n", "\n  ").rstrip())
+    print(f"\nnothing was started or created on the host; the rendered files are in {folder}")
+    return 0
+
+
+def _cmd_scenarios(args) -> int:
+    from . import scenario as sc
+    rows = [{"name": s.name, "profile": s.profile, "expect": s.expect, "what": s.description,
+             "kernel_panic": s.kernel_panic, "kdump": s.kdump, "kdump_config": s.kdump_config, "fault": s.fault or None}
+            for s in sc.BASE_SCENARIOS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['profile']:<11}  expect {r['expect'] or '-':<6}  {r['what']}")
+    return 0
 
 
 def _cmd_classify(args) -> int:
@@ -150,8 +179,13 @@ def main(argv: list[str] | None = None) -> int:
                                                    "when it is not in the cache")
     p.add_argument("--snapshot", action="store_true",
                    help="restore each run from a ready-to-panic snapshot of its configuration instead of booting")
+    p.add_argument("--dry-run", action="store_true",
+                   help="render the domain XML, seed, command lines and kdump config of each run, start nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_run)
+    p = sub.add_parser("scenarios", help="the built-in scenarios: name, profile, expected verdict, what each shows")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_scenarios)
     p = sub.add_parser("classify", help="classify saved serial logs (or stdin) into a verdict")
     p.add_argument("files", nargs="*", metavar="FILE")
     p.add_argument("--json", action="store_true")

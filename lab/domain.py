@@ -148,10 +148,24 @@ class Domain:
                 time.sleep(1.0)
 
 
+def render(scenario: Scenario, image: Image, accel: Accel, run_id: str, overlay: Path, iso: Path,
+           as_root: bool) -> tuple[str, Seed, KdumpTools]:
+    """Everything a run's domain is made of, as text: its XML, its seed, its kdump config (kdump-tools' form)."""
+    kdump = seed_mod.kdump_tools_config(scenario, STANDINS.get(scenario.profile, {}))   # once: the seed and the report use it
+    seed = seed_mod.render(scenario, run_id, STANDINS.get(scenario.profile, {}), image.guest, translated=kdump)
+    xml = render_xml(scenario.profile, accel={"domain_type": accel.domain_type, "cpu_mode": accel.cpu_mode},
+                     hyperv=accel.hyperv_elements(), name=f"{paths.NAME_PREFIX}{run_id}", uuid=str(uuid.uuid4()),
+                     run_id=run_id, scenario=scenario.name, memory_mib=scenario.memory_mib, vcpus=scenario.vcpus,
+                     kernel=str(image.kernel) if image.kernel else None,
+                     initrd=str(image.initrd) if image.initrd else None, cmdline=scenario.cmdline(),
+                     overlay=str(overlay), seed=str(iso), run_as_root=as_root,
+                     hv_crash=scenario.hv_crash, user_network=bool(image.guest.packages))
+    return xml, seed, kdump
+
+
 def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str) -> Domain:
     name = f"{paths.NAME_PREFIX}{run_id}"
     workdir = paths.new_scratch(run_id)
-    kdump = seed_mod.kdump_tools_config(scenario, STANDINS.get(scenario.profile, {}))   # once: the seed and the report use it
     try:
         fmt = PROFILES[scenario.profile]["overlay_format"]
         overlay = workdir / f"disk.{fmt}"
@@ -162,15 +176,9 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
         made = subprocess.run(cmd, capture_output=True, text=True)
         if made.returncode != 0:
             raise HostError("domain", f"qemu-img create failed: {made.stderr.strip()[:200]}")
-        seed = seed_mod.render(scenario, run_id, STANDINS.get(scenario.profile, {}), image.guest, translated=kdump)
-        iso = write_iso(seed, workdir)
-        xml = render_xml(scenario.profile, accel={"domain_type": accel.domain_type, "cpu_mode": accel.cpu_mode},
-                         hyperv=accel.hyperv_elements(), name=name, uuid=str(uuid.uuid4()), run_id=run_id,
-                         scenario=scenario.name, memory_mib=scenario.memory_mib, vcpus=scenario.vcpus,
-                         kernel=str(image.kernel) if image.kernel else None,
-                         initrd=str(image.initrd) if image.initrd else None, cmdline=scenario.cmdline(),
-                         overlay=str(overlay), seed=str(iso), run_as_root=run_as_root(conn),
-                         hv_crash=scenario.hv_crash, user_network=bool(image.guest.packages))
+        iso = workdir / "seed.iso"
+        xml, seed, kdump = render(scenario, image, accel, run_id, overlay, iso, run_as_root(conn))
+        write_iso(seed, workdir)
     except BaseException:
         paths.remove_scratch(workdir)
         raise

@@ -81,6 +81,17 @@ def cached(name: str) -> Image | None:
     return _load(name, recipe_key(name))
 
 
+def planned(name: str) -> Image:
+    """The image as it will be once built or pulled (its paths, for a dry run): nothing is made."""
+    if name in RECIPES:
+        key = recipe_key(name)
+        where = _image_dir(name, key)
+        return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", "")
+    e = catalog.entry(name)
+    return Image(e.name, (e.sha256 or "unpinned")[:16], paths.cache_dir() / "cloud" / e.name / e.filename, None, None, "",
+                 e.guest)
+
+
 def ensure(name: str, log=sys.stderr) -> Image:
     """Return the cached image: built once (under a lock) if its recipe is new, or pulled if it is a
     published image not in the cache yet."""

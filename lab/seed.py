@@ -38,6 +38,11 @@ def kdump_tools_config(scenario: Scenario, standins: dict) -> kdumpconf.KdumpToo
         raise InputError("scenario", f"{scenario.name}: kdump_config {scenario.kdump_config}: {exc}") from None
 
 
+def cmdline_append(scenario: Scenario, translated: kdumpconf.KdumpTools) -> str:
+    """kdump-tools' KDUMP_CMDLINE_APPEND: added to the first kernel's command line (crashkernel= taken out)."""
+    return " ".join(filter(None, [KDUMP_TOOLS_APPEND, *translated.cmdline_append, scenario.kdump_cmdline_append]))
+
+
 def render(scenario: Scenario, run_id: str, standins: dict | None = None, guest: Guest = OFFLINE_DEBIAN,
            translated: kdumpconf.KdumpTools | None = None) -> Seed:
     """`translated`: the scenario's kdump config in kdump-tools' form, when the caller has it already."""
@@ -45,8 +50,7 @@ def render(scenario: Scenario, run_id: str, standins: dict | None = None, guest:
                "kdump_cmdline_append": "", "kdump_variables": {}, "kdump_conf": None, "runcmd": []}
     if guest.flavour == "kdump-tools":
         translated = translated or kdump_tools_config(scenario, standins or {})
-        context["kdump_cmdline_append"] = " ".join(filter(None, [KDUMP_TOOLS_APPEND, *translated.cmdline_append,
-                                                                 scenario.kdump_cmdline_append]))
+        context["kdump_cmdline_append"] = cmdline_append(scenario, translated)
         context["kdump_variables"] = translated.variables
         if guest.crashkernel == "grub-reboot":
             context["runcmd"] = [["update-grub"]]

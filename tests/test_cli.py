@@ -1,4 +1,5 @@
 import json
+import os
 
 from conftest import run_lab
 
@@ -37,3 +38,32 @@ def test_run_bad_value_is_refused(tmp_path):
     assert done.returncode == 2
     assert "lab: scenario: memory_mib='lots': expected a number" in done.stderr.decode()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scenarios_lists_every_built_in_one_with_what_it_shows():
+    from lab import scenario as sc
+    done = run_lab("scenarios", text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list(sc.BASE_SCENARIOS)
+    kb = next(line for line in lines if line.startswith("hyperv-kdump-kb2858695 "))
+    assert "hyperv-gen1" in kb and "expect dump" in kb and "IDE" in kb
+    rows = json.loads(run_lab("scenarios", "--json", text=True).stdout)
+    assert {r["name"]: r["expect"] for r in rows} == {s.name: s.expect for s in sc.BASE_SCENARIOS.values()}
+
+
+def test_a_dry_run_renders_everything_and_creates_nothing(tmp_path):
+    env = dict(os.environ, LAB_CACHE_DIR=str(tmp_path / "cache"), LAB_URI="test:///nowhere")
+    done = run_lab("run", "hyperv-kdump-kb2858695", "--dry-run", "--results", str(tmp_path / "r"), env=env, text=True)
+    assert done.returncode == 0, done.stderr
+    (folder,) = (tmp_path / "r").iterdir()
+    run = folder / "hyperv-kdump-kb2858695"
+    assert sorted(p.name for p in run.iterdir()) == ["cmdline.txt", "domain.xml", "kdump.txt", "meta-data", "user-data"]
+    assert "<hyperv" in (run / "domain.xml").read_text() and "Microsoft Corporation" in (run / "domain.xml").read_text()
+    cmdlines = (run / "cmdline.txt").read_text()
+    capture = next(line for line in cmdlines.splitlines() if line.startswith("capture kernel"))
+    assert "ata_piix.prefer_ms_hyperv=0" in capture and "modprobe.blacklist=hv_vmbus" in capture
+    assert "crashkernel=" not in capture.split("): ", 1)[1]
+    assert "options ata_piix prefer_ms_hyperv=0" in (run / "kdump.txt").read_text()
+    assert "nothing was started or created" in done.stdout
+    assert not (tmp_path / "cache").exists()   # no image build, no scratch, no probe: nothing at all
