@@ -24,6 +24,7 @@ def _scenarios(args) -> list:
             sources.append(f"built-in {item}")
     overrides = list(args.set) + ([f"repeat={args.repeat}"] if args.repeat is not None else [])
     overrides += [f"image={args.image}"] if args.image else []
+    overrides += ["keep=true"] if getattr(args, "keep", False) else []
     chosen = [sc.with_overrides(s, overrides) for s in chosen] if overrides else chosen
     sc.check_total(chosen, sources)   # the invocation as a whole: its size, and one scenario per name
     return chosen
@@ -105,6 +106,35 @@ def _cmd_scenarios(args) -> int:
     return 0
 
 
+def _cmd_ps(args) -> int:
+    from . import kept
+    guests = kept.listing()
+    if args.json:
+        print(json.dumps([g.to_json() for g in guests], indent=2))
+        return 0
+    if not guests:
+        print("no lab guests on this host")
+    for g in guests:
+        age = f"{g.age_seconds / 60:.0f} min" if g.age_seconds is not None else "?"
+        what = f"kept at {g.stage} ({g.verdict})" if g.kept else f"a run in progress (pid {g.owner})"
+        print(f"{g.run_id:<48} {g.state:<9} {age:>7}  {what}")
+    return 0
+
+
+def _cmd_attach(args) -> int:
+    from . import host, kept
+    guest = kept.find(args.run)
+    print(f"lab: attaching to {guest.domain}'s serial console; Ctrl-] detaches", file=sys.stderr, flush=True)
+    os.execvp("virsh", ["virsh", "-c", host.uri(), "console", guest.domain])
+
+
+def _cmd_stop(args) -> int:
+    from . import kept
+    for line in kept.stop(args.run):
+        print(line)
+    return 0
+
+
 def _cmd_classify(args) -> int:
     from . import verdict
     outputs = []
@@ -179,10 +209,21 @@ def main(argv: list[str] | None = None) -> int:
                                                    "when it is not in the cache")
     p.add_argument("--snapshot", action="store_true",
                    help="restore each run from a ready-to-panic snapshot of its configuration instead of booting")
+    p.add_argument("--keep", action="store_true",
+                   help="leave each guest as it is after its verdict (lab ps, lab attach RUN, lab stop RUN)")
     p.add_argument("--dry-run", action="store_true",
                    help="render the domain XML, seed, command lines and kdump config of each run, start nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_run)
+    p = sub.add_parser("ps", help="lab guests on this host: kept ones (--keep) and runs in progress")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_ps)
+    p = sub.add_parser("attach", help="the serial console of a lab guest (virsh console)")
+    p.add_argument("run", metavar="RUN")
+    p.set_defaults(fn=_cmd_attach)
+    p = sub.add_parser("stop", help="destroy a kept lab guest and remove its scratch")
+    p.add_argument("run", metavar="RUN")
+    p.set_defaults(fn=_cmd_stop)
     p = sub.add_parser("scenarios", help="the built-in scenarios: name, profile, expected verdict, what each shows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_scenarios)

@@ -45,10 +45,10 @@ class Domain:
     destroyed: bool = False
     kdump: KdumpTools | None = None   # the scenario's kdump config in kdump-tools' form
 
-    def start_paused(self) -> None:
+    def start_paused(self, autodestroy: bool = True) -> None:
         try:
             with signals.held():   # a signal now must not lose the handle of a domain that exists
-                self.dom = host.create_paused(self.conn, self.xml)
+                self.dom = host.create_paused(self.conn, self.xml, autodestroy)
         except libvirt.libvirtError as exc:
             raise HostError("domain", f"libvirt refused to start {self.name}: {exc.get_error_message()}") from None
 
@@ -112,6 +112,15 @@ class Domain:
 
     def remove_files(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def release(self) -> None:
+        """Stop listening to the domain's events, and leave it running (a kept guest)."""
+        for cb in self.callbacks:
+            try:
+                self.conn.domainEventDeregisterAny(cb)
+            except libvirt.libvirtError:
+                pass
+        self.callbacks.clear()
 
     def destroy(self) -> None:
         for cb in self.callbacks:

@@ -75,10 +75,12 @@ def missing_tools(raw_disks: bool) -> list[str]:
     return missing
 
 
-def create_paused(conn: libvirt.virConnect, xml: str) -> libvirt.virDomain:
+def create_paused(conn: libvirt.virConnect, xml: str, autodestroy: bool = True) -> libvirt.virDomain:
     """A transient domain, paused, that libvirt itself destroys when this connection closes (the lab
-    killed with -9, a dropped session): the net under the lab's own teardown."""
-    return conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY)
+    killed with -9, a dropped session): the net under the lab's own teardown. A guest the user asked to
+    keep (--keep) goes without that net; `lab clean` and `lab stop` still remove it."""
+    flags = libvirt.VIR_DOMAIN_START_PAUSED | (libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0)
+    return conn.createXML(xml, flags)
 
 
 def disconnect(conn: libvirt.virConnect) -> None:

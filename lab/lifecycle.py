@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import libvirt
 
 from . import domain as domain_mod
-from . import signals
+from . import kept, signals
 from . import snapshot as snapshot_mod
 from . import vmcore as vmcore_mod
 from .console import Console, ConsoleClosed
@@ -81,7 +81,7 @@ class Lifecycle:
         """Start the domain paused (a restored one already is), then attach the console before the first byte."""
         with self.timeout.step("start"):
             if not self.snapshot:
-                self.dom.start_paused()
+                self.dom.start_paused(autodestroy=not self.scenario.keep)
             self.dom.on_event(self.host_event)
         restored = f" from snapshot {self.snapshot.folder.name}" if self.snapshot else ""
         self.say(f"created {self.dom.name} (paused){restored}; attaching the console")
@@ -230,7 +230,13 @@ class Lifecycle:
         steps = []
         if self.console:
             steps.append(("console", self.console.close))
-        if self.dom:
+        if self.dom and self.scenario.keep and self.followed:
+            # Kept as it is, hung capture kernel and all: `lab ps` lists it, `lab stop` or `lab clean` ends it.
+            steps += [("release", self.dom.release),
+                      ("keep", lambda: kept.record(self.dom.workdir, self.run_id, self.dom.name, self.dom.uri,
+                                                   str(self.transcript.path.parent), derive(self.transcript.events())))]
+            self.facts["kept"] = kept.how_to_reach(self.run_id, self.dom.name, self.dom.uri)
+        elif self.dom:
             steps += [("destroy", self.dom.destroy),
                       ("vmcore", self._check_vmcore),
                       ("disk check", lambda: disk_check.update(self.dom.check_disk(self.shut_down_cleanly))),

@@ -23,6 +23,7 @@ HYPERV_LINE = "Microsoft Hyper-V"
 # 3: adds verdict_t and decided_by (when and why the watch ended: early verdicts, lab/settle.py); vmcore
 # is now the host's check of the dump (lab/vmcore.py): check, count, format, size, filesystem, the panic
 # lines compared. The guest's own count (version 2's vmcore) is vmcore.in_guest, with wait_for_login only.
+# kept (--keep): the guest left running and the commands that reach it.
 REPORT_VERSION = 3
 
 
@@ -109,6 +110,7 @@ class RunReport:
     snapshot: dict | None
     finished: str
     decided: dict = dataclasses.field(default_factory=dict)   # verdict_t, and the rule that ended the watch
+    kept: dict | None = None                                  # --keep: the guest left running, and how to reach it
 
     @property
     def outcome(self) -> str | None:
@@ -123,7 +125,7 @@ class RunReport:
             "report_version": REPORT_VERSION,
             "run_id": self.run_id, "scenario": dataclasses.asdict(self.scenario), "verdict": self.outcome,
             "stage": v.stage, "diagnosis": diagnosis, "rule": v.rule,
-            "verdict_t": self.decided.get("verdict_t"), "decided_by": self.decided.get("by"),
+            "verdict_t": self.decided.get("verdict_t"), "decided_by": self.decided.get("by"), "kept": self.kept,
             "stages": [dataclasses.asdict(s) for s in v.stages],
             "evidence": [{"line": e.line, "text": e.text, "event": e.kind, "t": e.t} for e in v.evidence],
             "earlier_cycles": [c.to_json() for c in v.earlier],
@@ -196,7 +198,7 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
                    "domain_xml": "domain.xml", "user_data": "user-data"},
         warnings=warnings, snapshot=snapshot,
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        decided=_decided(verdict, transcript),
+        decided=_decided(verdict, transcript), kept=facts.get("kept"),
     )
 
 

@@ -106,4 +106,7 @@ def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Tim
                               steps=top.steps)
     report_mod.write(artifacts, report)
     say(f"verdict {verdict.verdict} at {verdict.stage}: {verdict.diagnosis}", verdict=verdict.verdict)
+    if report.kept:
+        say(f"kept {report.kept['domain']} as it is: `{report.kept['attach']}` (its serial console), "
+            f"`{report.kept['stop']}` ends it; or `{report.kept['virsh']}`")
     return report

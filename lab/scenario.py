@@ -40,6 +40,7 @@ class Scenario:
     trigger: str = "sysrq"           # sysrq (echo c) | nmi (libvirt inject-nmi, unknown_nmi_panic=1) | cpu:N (taskset)
     repeat: int = 1                  # runs of this scenario; more than one gives rates
     wait_for_login: bool = False     # follow a reset guest to its next login (the verdict is certain before)
+    keep: bool = False               # leave the guest as it is after the verdict (lab ps / attach / stop)
 
     def trigger_cpu(self) -> int | None:
         return int(self.trigger[4:]) if self.trigger.startswith("cpu:") else None

@@ -28,7 +28,7 @@ from .scenario import Scenario
 
 # What does not change the ready guest: how the panic is triggered, what is expected, how often, how long to wait.
 NOT_GUEST_STATE = {"name", "description", "trigger", "expect", "repeat", "stall_seconds", "boot_seconds",
-                   "wait_for_login"}
+                   "wait_for_login", "keep"}
 
 
 def key(scenario: Scenario, image_key: str, accel_name: str) -> str:
