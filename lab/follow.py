@@ -3,6 +3,7 @@ deadline, or the run stops there with a `stall` host event that the verdict read
 fault is applied and lifted here too, as the guest passes the panic and the reset."""
 from __future__ import annotations
 
+import re
 import time
 import xml.etree.ElementTree as ET
 
@@ -12,11 +13,35 @@ from .domain import Domain
 from .profiles import STALE_VMBUS_TARGET
 from .scenario import Scenario
 from .timeout import Timeout
+from .markers import CAPTURE_CMDLINE
 from .verdict import derive
 from .vocabulary import NO_STAGE, GuestEvent, HostEvent, Stage
 
 FOLLOW_SECONDS = 1500.0
 PANIC_SECONDS = 60.0
+
+
+# Timers a capture kernel may have armed, read off its command line: each can still end a stuck stage.
+CAPTURE_TIMERS = {
+    "panic_lab.disk_timeout": "disk_timeout (the capture initrd resets when the dump target is not mounted by then)",
+    "rootdelay": "rootdelay (initramfs-tools gives up waiting for the root device)",
+    "panic": "panic= (a panic in the capture kernel resets after this)",
+}
+TIMER_ARG = re.compile(r"(?:^|\s)(" + "|".join(map(re.escape, CAPTURE_TIMERS)) + r")=(\d+)")
+LOAD_FACTOR = 2.0     # TCG timings vary by a factor of 2 with host load (measured here)
+TIMER_MARGIN = 30.0   # the capture kernel's own boot up to its initrd, and output in flight
+
+
+def capture_deadline(scenario: Scenario, cmdline: str | None) -> tuple[float, str]:
+    """How long the capture kernel may go without a new stage: its longest armed timer, stretched for a
+    loaded host, plus a margin; with no timer armed, the scenario's stall deadline. Returns (seconds, why)."""
+    timers = [(int(m.group(2)), m.group(1)) for m in TIMER_ARG.finditer(cmdline or "")]
+    timers = [(n, name) for n, name in timers if n > 0]
+    if not timers:
+        return scenario.stall_seconds, "no timer armed on the capture kernel's command line: the stall deadline"
+    seconds, name = max(timers)
+    limit = max(scenario.stall_seconds, seconds * LOAD_FACTOR + TIMER_MARGIN)
+    return limit, f"{CAPTURE_TIMERS[name]}: {seconds} s x {LOAD_FACTOR:g} + {TIMER_MARGIN:.0f} s"
 
 
 def stage_deadlines(s: Scenario) -> dict[str, float]:
@@ -71,6 +96,7 @@ def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say,
     """Read the console through the panic until the verdict is certain (lab/settle.py), the guest is back
     at a login prompt, or it stops progressing; returns the last stage reached."""
     limits = stage_deadlines(scenario)
+    why_limit = {}
     guest = what_settles(dom, scenario, preflight)
     current, since = Stage.ARMED, time.monotonic()
     limit_all = top.child("follow", FOLLOW_SECONDS)
@@ -85,6 +111,10 @@ def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say,
         pending = transcript.host_events[seen_host:]
         seen_host += len(pending)
         fault.on_events(new + pending)
+        for event in new:
+            if event.kind == GuestEvent.KERNEL_CMDLINE and CAPTURE_CMDLINE.search(event.text):
+                limits[Stage.CAPTURE_KERNEL_BOOTED], why_limit[Stage.CAPTURE_KERNEL_BOOTED] = \
+                    capture_deadline(scenario, event.groups[0] if event.groups else event.text)
         if new or pending:
             events = transcript.events()
             verdict = derive(events)
@@ -102,8 +132,10 @@ def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say,
         waited = time.monotonic() - since
         if waited >= limit or limit_all.expired():
             silent = time.monotonic() - transcript.last_output
+            bound = why_limit.get(current, "the stage's deadline")
             host_event(HostEvent.STALL, f"no new stage for {waited:.0f} s after {current} "
-                                        f"(deadline {limit:.0f} s; last console output {silent:.0f} s ago; domain {dom.state()})",
-                       deadline_s=round(limit))
+                                        f"(deadline {limit:.0f} s, from {bound}; last console output {silent:.0f} s ago; "
+                                        f"domain {dom.state()})",
+                       deadline_s=round(limit), deadline_from=bound)
             say(f"no progress past {current} for {waited:.0f} s")
             return current
