@@ -176,7 +176,7 @@ def test_a_full_disk_for_the_overlay_is_a_host_error_with_nothing_left(tmp_path,
 
 @pytest.mark.live
 def test_a_full_disk_for_the_transcript_stops_the_run_as_a_host_error(tmp_path, tiny_disk):
-    results = tiny_disk(64)     # room for the domain XML and the seed, not for a boot's console output
+    results = tiny_disk(32)     # room for the domain XML, the seed and a few seconds of a boot's console output
     before = _lab_domains()
     done = lab("run", "panic-reboot", "--results", str(results), env={"LAB_WORK_DIR": str(tmp_path / "scratch")})
     assert re.search(r"cut short: transcript: cannot write \S+/console.log: No space left on device", done.stderr), done.stderr

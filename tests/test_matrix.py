@@ -67,7 +67,8 @@ def test_the_html_report_renders_in_a_real_browser(matrix_run, need_tool):
     dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'id="matrix"' in dom.stdout and "trigger-trigger-nmi" in dom.stdout and "trigger-trigger-cpu-1" in dom.stdout
-    assert dom.stdout.count("<svg") == 2 and ">capture kernel</text>" in dom.stdout and ">saved</text>" in dom.stdout
+    # Each run's timeline, drawn by the browser from the report: these runs reset after the panic.
+    assert dom.stdout.count("<svg") == 2 and ">panic</text>" in dom.stdout and ">reset</text>" in dom.stdout
     artifacts = ROOT / "results" / "test-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / f"report-{folder.name}.png"

@@ -59,12 +59,21 @@ def test_a_dump_makedumpfile_cannot_read_fails_in_makedumpfile_s_own_words(tmp_p
     assert not (tmp_path / "disk-view.raw").exists()   # the scratch copy is gone
 
 
-def test_a_partitioned_disk_is_read_at_its_first_partition(tmp_path):
+def left_mounted(disk: Path, offset: int = 0) -> None:
+    """As a reset leaves it: the journal flagged for replay."""
+    subprocess.run(["debugfs", "-w", "-R", "feature needs_recovery", f"{disk}?offset={offset}"], check=True,
+                   capture_output=True)
+
+
+def test_a_partitioned_disk_is_read_at_its_first_partition_with_its_journal_replayed(tmp_path):
     disk = tmp_path / "disk.raw"
     ext4(disk, {f"/var/crash/{STAMP}/dump.{STAMP}": b"x"}, offset=1024 * 1024)
+    left_mounted(disk, 1024 * 1024)
     subprocess.run(["sfdisk", "-q", str(disk)], input=b"start=2048, type=83\n", check=True)
     result, _ = check(tmp_path, disk, expected=False, partitioned=True)
     assert result.count == 1 and result.check == "failed"   # found, at the partition's offset
+    assert "journal was replayed" in result.filesystem and result.sound is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw", "payload", "run"]   # no scratch copy left
 
 
 def test_the_tools_it_needs_are_installed_by_make_setup():
