@@ -90,7 +90,7 @@ def streaming_latency(repeats: int = 20) -> dict:
 
 
 SEED_MATRIX = ("panic-reboot", "panic-hang", "hyperv-kdump-default", "hyperv-kdump-kb2858695")
-PARTS = ("scenarios", "snapshot", "matrix", "parallel", "classifier")
+PARTS = ("scenarios", "snapshot", "matrix", "hog", "parallel", "classifier")
 
 
 def _median(values):
@@ -174,6 +174,31 @@ def bench_matrix(runs: int, results: Path, snapshot: bool) -> dict:
             "wall_seconds_median": _median(walls), "verdicts_last": [r["verdict"] for r in reports]}
 
 
+HOG = "while True: pass"
+
+
+def bench_hog(runs: int, results: Path) -> dict:
+    """The seed matrix, cold, while a busy loop holds every core: load must slow the runs, never change
+    their verdicts (the early rules do not depend on time; the deadlines that remain are stretched)."""
+    scenarios = [sc.resolve(n) for n in SEED_MATRIX]
+    parallel = batch.default_parallel(scenarios)
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(os.cpu_count() or 1)]
+    try:
+        rounds = []
+        for _ in range(runs):
+            started = time.monotonic()
+            reports = batch.run_many(scenarios, results, parallel)
+            rounds.append({"wall_seconds": round(time.monotonic() - started, 1),
+                           "verdicts": {r["scenario"]["name"]: r["verdict"] for r in reports},
+                           "expectations_held": all(r.get("expectation_met") for r in reports)})
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    return {"scenarios": list(SEED_MATRIX), "hogs": len(hogs), "parallel": parallel, "rounds": rounds,
+            "verdicts_unchanged": all(r["expectations_held"] for r in rounds)}
+
+
 def bench_parallel(runs: int, results: Path, name: str = "panic-reboot") -> dict:
     """1, 2 and 3 runs at once on this machine: the wall time of the batch and of each run."""
     out = {}
@@ -223,6 +248,8 @@ def _bench(argv=None) -> int:
         out["snapshot"] = bench_snapshot(args.runs, results)
     if "matrix" in parts:
         out["matrix"] = bench_matrix(args.runs, results, snapshot=True)
+    if "hog" in parts:
+        out["hog"] = bench_hog(args.runs, results)
     if "parallel" in parts:
         out["parallel"] = bench_parallel(args.runs, results)
     if "classifier" in parts:
@@ -258,6 +285,11 @@ def table(out: dict) -> str:
         m = out["matrix"]
         lines.append(f"seed matrix              {m['wall_seconds_median']} s wall ({m['parallel']} at a time, "
                      f"snapshots {'on' if m['snapshot'] else 'off'})")
+    if "hog" in out:
+        h = out["hog"]
+        for n, r in enumerate(h["rounds"], 1):
+            lines.append(f"seed matrix, {h['hogs']} CPU hogs  round {n}: {r['wall_seconds']} s wall, verdicts "
+                         f"{', '.join(f'{k} {v}' for k, v in r['verdicts'].items())}; expectations held: {r['expectations_held']}")
     for n, row in out.get("parallel", {}).items():
         lines.append(f"{n} at once                batch {row['batch_wall_median']} s, each run {row['run_wall_median']} s, "
                      f"{row['runs_per_minute']} runs/min")

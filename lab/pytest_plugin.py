@@ -153,7 +153,10 @@ def _scenario_of(item, config):
 
 def _longest_first(scenario) -> int:
     """Runs that wait longest after the panic start first, so that a batch does not end on one long run
-    with a core idle: a capture kernel left to its stall deadline, then a dump, then the rest."""
+    with a core idle: a capture kernel left to its stall deadline, then a dump, then the rest. A kept
+    guest goes last: a kernel spinning in panic() keeps a host core busy under TCG until it is stopped."""
+    if scenario.keep:
+        return 3
     if scenario.kdump and scenario.crashkernel != "0":
         return 0 if scenario.expect == "hang" else 1
     return 2
