@@ -123,12 +123,7 @@ class Domain:
         self.callbacks.clear()
 
     def destroy(self) -> None:
-        for cb in self.callbacks:
-            try:
-                self.conn.domainEventDeregisterAny(cb)
-            except libvirt.libvirtError:
-                pass
-        self.callbacks.clear()
+        self.release()
         if self.dom is not None and not self.destroyed:
             self.destroyed = True   # once: a second teardown step must not try again
             try:
