@@ -7,24 +7,18 @@ when it carries its owner's pid. Anything of the lab's whose owner still runs is
 from __future__ import annotations
 
 import shutil
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
 
-from . import catalog, host, image, paths
+from . import catalog, host, image, kept, paths
 
 
 def _owner(dom: libvirt.virDomain) -> int | None:
     """The pid that started a lab domain, from its metadata; None if the domain is not the lab's."""
     if not dom.name().startswith(paths.NAME_PREFIX):
         return None
-    try:
-        element = ET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, paths.METADATA_NS))
-    except libvirt.libvirtError:
-        return None
-    owner = element.get("owner") or ""
-    return int(owner) if owner.isdigit() else None
+    return kept.lab_run(dom)[1]
 
 
 class _Cleaner:

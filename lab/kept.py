@@ -45,7 +45,8 @@ class Guest:
         return vars(self)
 
 
-def _run_id(dom: libvirt.virDomain) -> tuple[str | None, int | None]:
+def lab_run(dom: libvirt.virDomain) -> tuple[str | None, int | None]:
+    """(run id, owner pid) from a domain's lab metadata; (None, None) for a domain that has none."""
     try:
         element = ET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, paths.METADATA_NS))
     except libvirt.libvirtError:
@@ -66,7 +67,7 @@ def listing() -> list[Guest]:
         for dom in conn.listAllDomains():
             if not dom.name().startswith(paths.NAME_PREFIX):
                 continue
-            run_id, owner = _run_id(dom)
+            run_id, owner = lab_run(dom)
             if run_id is None:
                 continue
             scratch = paths.work_dir() / run_id
