@@ -31,8 +31,8 @@ lab-run: image
 test: image
 	$(PY) -m pytest -v -rs --durations=20 tests
 
-# The fast tier: no libvirt, no guest (under a minute).
-check: venv
+# The fast tier: no libvirt, no guest (under a minute); it installs the host tools its tests read disks with.
+check: host venv
 	$(PY) -m pytest -q -m 'not libvirt and not live' tests
 
 test-unit: check
