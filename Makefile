@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LAB     := $(VENV)/bin/lab
 export LAB_URI ?= qemu:///system
 
-.PHONY: setup host venv libvirt image lab-run test check test-unit test-libvirt test-live test-faults bench clean
+.PHONY: setup host venv libvirt image lab-run test check test-unit test-libvirt test-live test-scenarios test-faults bench clean
 
 setup: host venv libvirt
 
@@ -42,6 +42,10 @@ test-libvirt: libvirt
 
 test-live: image
 	$(PY) -m pytest -v -m live tests
+
+# Every base scenario on a real guest (make test boots the representative ones).
+test-scenarios: image
+	$(PY) -m pytest -v -rs tests/test_live.py --all-scenarios
 
 # Every fault-injection point with every signal (make test runs a representative six).
 test-faults: image

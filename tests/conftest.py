@@ -41,6 +41,9 @@ def pytest_addoption(parser):
     parser.addoption("--update-recorded", action="store_true",
                      help="rewrite the VERDICT and STAGE of tests/transcripts/*.log to what the engine says now "
                           "(review the diff before committing it)")
+    parser.addoption("--all-scenarios", action="store_true",
+                     help="every base scenario on a real guest (make test-scenarios); without it, the "
+                          "representative ones each test module names (REPRESENTATIVE)")
     parser.addoption("--all-faults", action="store_true",
                      help="every fault-injection point with every signal (make test-faults); without it, "
                           "each point once, the signals rotated over them")
@@ -58,6 +61,31 @@ def pytest_collection_modifyitems(config, items):
     def tier(item):
         return max((rank for name, rank in TIERS.items() if item.get_closest_marker(name)), default=0)
     items.sort(key=tier)
+    if not config.getoption("--all-scenarios"):
+        _keep_representative_scenarios(config, items)
+
+
+def _keep_representative_scenarios(config, items):
+    """Deselect (visibly: pytest counts them, and the header names them) live tests of scenarios that a
+    module does not list in REPRESENTATIVE."""
+    left_out, kept = set(), []
+    for item in items:
+        chosen = getattr(item.module, "REPRESENTATIVE", None)
+        scenario = getattr(item, "callspec", None) and item.callspec.params.get("scenario")
+        if chosen is not None and scenario and scenario not in chosen:
+            left_out.add(scenario)
+        else:
+            kept.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+        config._lab_left_out = sorted(left_out)
+
+
+def pytest_report_collectionfinish(config):
+    left_out = getattr(config, "_lab_left_out", None)
+    if left_out:
+        return f"live scenarios left to make test-scenarios (--all-scenarios): {', '.join(left_out)}"
 
 
 @pytest.fixture

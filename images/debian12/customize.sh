@@ -26,6 +26,18 @@ CFG
 # The local stage is one more Python start (9-17 s under TCG) that only finds the seed and hands it to
 # the network stage (NoCloud's dsmode is net): that stage finds the seed on its own.
 chroot "$root" systemctl mask cloud-init-local.service >/dev/null
+# The config and final stages are two more Python starts (6-8 s each under TCG, on every boot) whose
+# only modules here run a seed's runcmd: skipped when the seed has none (ExecCondition, systemd >= 243).
+for stage in config final; do
+  mkdir -p "$root/etc/systemd/system/cloud-$stage.service.d"
+  cat > "$root/etc/systemd/system/cloud-$stage.service.d/only-with-runcmd.conf" <<'UNIT'
+[Service]
+ExecCondition=/bin/grep -qs ^runcmd: /var/lib/cloud/instance/cloud-config.txt
+UNIT
+done
+# The guest has no network interface (lo is systemd's own), and cloud-init's first stage waits for
+# ifupdown, which waits on udev's coldplug: 10-12 s of every boot under TCG.
+chroot "$root" systemctl mask networking.service ifupdown-pre.service >/dev/null
 
 # kdump-tools reads /etc/default/kdump-tools once, early; cloud-init writes it on first boot.
 mkdir -p "$root/etc/systemd/system/kdump-tools.service.d"
@@ -68,14 +80,25 @@ printf '%s\n' virtio_pci virtio_blk ata_piix ata_generic sd_mod sr_mod ext4 crc3
 chroot "$root" update-initramfs -u -k "$version" >/dev/null
 # No KVM inside the guest: udev would load kvm_amd/kvm_intel for the emulated CPU's flags (3 s under TCG).
 printf 'blacklist kvm\nblacklist kvm_amd\nblacklist kvm_intel\n' > "$root/etc/modprobe.d/panic-lab-no-kvm.conf"
+# Nor drivers for the emulated PC's other parts (floppy, speaker, USB, SMBus, cpufreq, input, SCSI
+# generic): udev loads them in the middle of cloud-init's start, 4-5 s under TCG, and no run uses them.
+for module in floppy pcspkr uhci_hcd ehci_pci ehci_hcd i2c_piix4 powernow_k8 acpi_cpufreq sg evdev joydev serio_raw; do
+  echo "blacklist $module"
+done > "$root/etc/modprobe.d/panic-lab-unused-hardware.conf"
 # cloud-init's generator runs ds-identify at every boot to decide whether cloud-init runs at all; the
 # datasource is fixed (90-panic-lab.cfg), so let it run without the search.
 echo 'policy: enabled' > "$root/etc/cloud/ds-identify.cfg"
 
 # Nothing in the guest needs these, and under TCG they steal seconds from every boot.
-for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service; do
+# kexec-load is kexec-tools' LSB script for kexec reboots (kdump-tools loads the capture kernel itself);
+# getty-static starts five more VT gettys when there is no logind.
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
+            kexec-load.service getty-static.service; do
   chroot "$root" systemctl mask "$unit" >/dev/null 2>&1 || true
 done
+
+# The lab logs in on the serial console before each run: no motd scripts (run-parts, uname) on the way.
+sed -i '/pam_motd/s/^/#/' "$root/etc/pam.d/login"
 
 # The disk-bootable form (build.sh writes bootable.qcow2 from this same tree) stands in for a
 # published cloud image: BIOS -> grub in the MBR -> the kernel command line from grub's config, which
