@@ -98,6 +98,7 @@ FIRMWARE = _table("firmware", [
     ("firmware", r"^(UEFI|EFI) (firmware|v\d)"),
     ("firmware", r"^OpenBIOS for "),
     ("firmware", r"^U-Boot \d{4}\."),
+    ("firmware", r"^CFE version \d"),   # Broadcom's Common Firmware Environment (MIPS boards)
 ])
 
 KERNEL = _table("kernel", [

@@ -27,7 +27,7 @@ def outcome(path):
 
 
 def test_the_corpus_is_there():
-    assert len(FILES) >= 59
+    assert len(FILES) >= 68
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name[:3] for p in FILES])
@@ -40,6 +40,7 @@ def test_accuracy_and_stage_floors():
     right = sum(outcome(p)[1].verdict == outcome(p)[0].verdict for p in FILES)
     stages = sum(outcome(p)[1].stage == outcome(p)[0].stage for p in FILES)
     # 49 of 59 verdicts and 48 of 59 stages when collected (7 unknown, 3 wrong); 54 and 49 since the
-    # halted, stall-warning and "saving, then reset" rules (5 unknown, none wrong): never lower.
-    assert right >= 54, f"only {right} of {len(FILES)} verdicts right"
-    assert stages >= 49, f"only {stages} of {len(FILES)} stages right"
+    # halted, stall-warning and "saving, then reset" rules (5 unknown, none wrong); 62 of 68 and 57 of 68
+    # with nine more logs and Broadcom's CFE banner as firmware: never lower.
+    assert right >= 62, f"only {right} of {len(FILES)} verdicts right"
+    assert stages >= 57, f"only {stages} of {len(FILES)} stages right"
