@@ -145,18 +145,51 @@ def _cmd_classify(args) -> int:
         else:
             try:
                 with open(name, "rb") as log:
-                    v = verdict.classify(log)
+                    label, console = _past_recorded_header(log)
+                    v = verdict.classify(console)
             except OSError as exc:
                 raise LabError("classify", f"cannot read {name}: {exc.strerror}") from None
+            if label:
+                outputs.append({"file": name, **v.to_json(), "label": label})
+                continue
         outputs.append({"file": name, **v.to_json()})
     if args.json:
         print(json.dumps(outputs if len(outputs) > 1 else outputs[0], indent=2))
     else:
         for out in outputs:
             print(f"{out['file']}: {out['verdict']} (stage {out['stage']}): {out['diagnosis']}")
+            if "label" in out:
+                print(f"    labelled {out['label']['verdict']} (stage {out['label']['stage']}) in its header")
             for ev in out["evidence"]:
                 print(f"    line {ev['line']}: {ev['text']}")
     return 0
+
+
+class _Rest:
+    """What is left of a log after its header: the bytes already read, then the rest of the file."""
+
+    def __init__(self, first: bytes, rest):
+        self.first, self.rest = first, rest
+
+    def read(self, size: int) -> bytes:
+        if self.first:
+            out, self.first = self.first[:size], self.first[size:]
+            return out
+        return self.rest.read(size)
+
+
+def _past_recorded_header(log):
+    """A recorded log (tests/corpus, tests/transcripts) is classified on its console part only, and its
+    label is shown beside the verdict; any other file is all console. (label or None, console stream)"""
+    from . import recorded
+    first = log.read(1 << 16)
+    try:
+        header, console = recorded.split(first)
+    except recorded.MalformedLog:
+        header = None
+    if header is None:
+        return None, _Rest(first, log)
+    return {"verdict": header["VERDICT"], "stage": header["STAGE"]}, _Rest(console, log)
 
 
 def _cmd_images(args) -> int:

@@ -281,8 +281,9 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         return Verdict(Outcome.HANG, last_stage,
                        "panicked and halted: no reboot announced (kernel.panic=0) and no capture kernel (kdump not loaded)",
                        stages, ev(G.PANIC)[:1] + [span[end]], "R4")
+    last = [e for e in span[-1:] if e not in ev(G.PANIC)[:1]]   # a log that ends at its panic: cited once
     return Verdict(Outcome.UNKNOWN, last_stage, f"the log stops at {last_stage} without saying what happened next",
-                   stages, ev(G.PANIC)[:1] + span[-1:], "R5")
+                   stages, ev(G.PANIC)[:1] + last, "R5")
 
 
 def classify(log) -> Verdict:

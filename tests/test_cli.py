@@ -19,6 +19,23 @@ def test_classify_json_from_stdin():
     assert {e["line"] for e in out["evidence"]} == {2, 3}
 
 
+def test_a_log_that_ends_at_its_panic_cites_the_panic_once():
+    out = json.loads(lab("classify", "--json", stdin=b"Kernel panic - not syncing: x\n").stdout)
+    assert out["verdict"] == "unknown" and [e["line"] for e in out["evidence"]] == [1]
+
+
+def test_classify_reads_a_recorded_log_past_its_header_and_shows_the_label(tmp_path):
+    """tests/corpus and tests/transcripts files: the header's NOTES quote lines; they are not console."""
+    recorded = tmp_path / "recorded.log"
+    recorded.write_bytes(b"VERDICT: reboot\nSTAGE: panicked\nSOURCE: a test\n"
+                         b"NOTES: quotes 'kdump: saved vmcore in /var/crash', which the console never says\n---\n"
+                         b"Kernel panic - not syncing: x\nRebooting in 5 seconds..\n")
+    out = json.loads(lab("classify", "--json", str(recorded)).stdout)
+    assert (out["verdict"], out["label"]) == ("reboot", {"verdict": "reboot", "stage": "panicked"})
+    assert [e["line"] for e in out["evidence"]] == [1, 2]   # counted from the console's first line
+    assert "labelled reboot (stage panicked) in its header" in lab("classify", str(recorded)).stdout.decode()
+
+
 def test_classify_a_missing_file_is_one_line():
     done = lab("classify", "/nonexistent/log")
     assert done.returncode == 2
