@@ -28,8 +28,8 @@ def default_parallel(scenarios: list[Scenario]) -> int:
 def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr, snapshot: bool = False) -> list[dict]:
     """Every repeat of every scenario, `parallel` at a time. Returns one report per run, in order, as
     report.json has it (the invocation's summary, junit.xml and report.html are made from that)."""
-    for name in dict.fromkeys(s.image for s in scenarios):
-        image_mod.ensure(name, log=log)   # built once, here, before any run needs it
+    for name, kernel in dict.fromkeys((s.image, s.kernel) for s in scenarios):
+        image_mod.ensure(name, log=log, kernel=kernel)   # built once, here, before any run needs it
     runs = [s for s in scenarios for _ in range(s.repeat)]
     ledger = budget.Ledger()
     log = Board(log) if len(runs) > 1 else sink_for(log)

@@ -24,6 +24,10 @@ def _scenarios(args) -> list:
             sources.append(f"built-in {item}")
     overrides = list(args.set) + ([f"repeat={args.repeat}"] if args.repeat is not None else [])
     overrides += [f"image={args.image}"] if args.image else []
+    if args.kernel_package:
+        overrides.append(f"kernel={args.kernel_package}")
+    if args.kernel_deb:
+        overrides.append(f"kernel={os.path.abspath(args.kernel_deb)}")
     overrides += ["keep=true"] if getattr(args, "keep", False) else []
     chosen = [sc.with_overrides(s, overrides) for s in chosen] if overrides else chosen
     sc.check_total(chosen, sources)   # the invocation as a whole: its size, and one scenario per name
@@ -145,8 +149,7 @@ def _cmd_classify(args) -> int:
         else:
             try:
                 with open(name, "rb") as log:
-                    label, console = _past_recorded_header(log)
-                    v = verdict.classify(console)
+                    v, label = verdict.classify_saved(log)
             except OSError as exc:
                 raise LabError("classify", f"cannot read {name}: {exc.strerror}") from None
             if label:
@@ -163,33 +166,6 @@ def _cmd_classify(args) -> int:
             for ev in out["evidence"]:
                 print(f"    line {ev['line']}: {ev['text']}")
     return 0
-
-
-class _Rest:
-    """What is left of a log after its header: the bytes already read, then the rest of the file."""
-
-    def __init__(self, first: bytes, rest):
-        self.first, self.rest = first, rest
-
-    def read(self, size: int) -> bytes:
-        if self.first:
-            out, self.first = self.first[:size], self.first[size:]
-            return out
-        return self.rest.read(size)
-
-
-def _past_recorded_header(log):
-    """A recorded log (tests/corpus, tests/transcripts) is classified on its console part only, and its
-    label is shown beside the verdict; any other file is all console. (label or None, console stream)"""
-    from . import recorded
-    first = log.read(1 << 16)
-    try:
-        header, console = recorded.split(first)
-    except recorded.MalformedLog:
-        header = None
-    if header is None:
-        return None, _Rest(first, log)
-    return {"verdict": header["VERDICT"], "stage": header["STAGE"]}, _Rest(console, log)
 
 
 def _cmd_images(args) -> int:
@@ -240,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, metavar="N", help="run each scenario N times")
     p.add_argument("--image", metavar="NAME", help="run on this image (`lab images`); a published one is pulled "
                                                    "when it is not in the cache")
+    kernel = p.add_mutually_exclusive_group()
+    kernel.add_argument("--kernel-package", metavar="SUITE/PACKAGE",
+                        help="boot a kernel from Debian's archive instead of the image's own, e.g. "
+                             "bookworm-backports/linux-image-amd64 (the image is rebuilt with it, cached)")
+    kernel.add_argument("--kernel-deb", metavar="PATH",
+                        help="boot the kernel of this package (e.g. from `make bindeb-pkg`) instead of the image's own")
     p.add_argument("--snapshot", action="store_true",
                    help="restore each run from a ready-to-panic snapshot of its configuration instead of booting")
     p.add_argument("--keep", action="store_true",

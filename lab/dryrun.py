@@ -21,10 +21,10 @@ class Piece:
 
 def plan(scenario: Scenario, folder: Path) -> list[Piece]:
     """Render one scenario's domain XML, seed, kernel command lines and kdump config into `folder`."""
-    img = image.cached(scenario.image)
+    img = image.cached(scenario.image, scenario.kernel)
     note = ""
     if img is None:   # not built or pulled yet: the paths it will have
-        img = image.planned(scenario.image)
+        img = image.planned(scenario.image, scenario.kernel)
         note = f"# {scenario.image} is not in the cache yet: `lab run` builds or pulls it first\n"
     accel = accel_mod.unprobed()
     run_id = f"{scenario.name}-dry-run"
@@ -39,7 +39,9 @@ def plan(scenario: Scenario, folder: Path) -> list[Piece]:
     paths.private_file(pieces[1].path, rendered.user_data)   # it holds the guest's root password
     pieces[2].path.write_text(rendered.meta_data)
     first = scenario.cmdline() if not img.boots_from_disk else "(from the image's own grub config, crashkernel= added by the seed)"
+    kernel = scenario.kernel or (f"the image's own ({img.kernel_version})" if img.kernel_version else "the image's own")
     lines = [note + f"accelerator: {accel.probe}",
+             f"image: {img.name} ({img.key}), kernel: {kernel}",
              f"first kernel: {first}"]
     if scenario.kdump and img.guest.flavour == "kdump-tools":
         capture = CRASHKERNEL_ARG.sub("", first) + " " + seed.cmdline_append(scenario, kdump)

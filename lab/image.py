@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ class Image:
     initrd: Path | None
     kernel_version: str
     guest: Guest = OFFLINE_DEBIAN   # its kdump tooling and how crashkernel= is set
+    kernel_source: str = ""         # the kernel asked for (a scenario's `kernel`); "" is the recipe's own
 
     @property
     def boots_from_disk(self) -> bool:
@@ -47,6 +49,49 @@ def recipe_key(name: str) -> str:
     return digest.hexdigest()[:16]
 
 
+# A scenario's `kernel`: "" (the recipe's own), SUITE/PACKAGE from Debian's archive, or a local .deb.
+ARCHIVE_KERNEL = re.compile(r"(?P<suite>[a-z][a-z0-9-]*)/(?P<package>linux-image-[a-z0-9][a-z0-9.+~-]*)")
+
+
+def check_kernel(kernel: str) -> str | None:
+    """What is wrong with a scenario's `kernel`, or None."""
+    if not kernel or ARCHIVE_KERNEL.fullmatch(kernel):
+        return None
+    if not kernel.endswith(".deb"):
+        return (f"kernel={kernel!r}: expected SUITE/PACKAGE (e.g. bookworm-backports/linux-image-amd64) "
+                "or the path of a .deb")
+    deb = Path(kernel)
+    if not deb.is_absolute():
+        return f"kernel={kernel!r}: give the .deb's absolute path"
+    try:
+        with deb.open("rb") as f:
+            magic = f.read(8)
+    except OSError as exc:
+        return f"kernel={kernel!r}: cannot read it ({exc.strerror})"
+    if magic != b"!<arch>\n":
+        return f"kernel={kernel!r} is not a Debian package (no ar archive header)"
+    return None
+
+
+def _kernel_identity(kernel: str) -> str:
+    """What keys a derived image: the archive spec as written, or the .deb's digest (not its path)."""
+    if not kernel.endswith(".deb"):
+        return kernel
+    digest = hashlib.sha256()
+    with open(kernel, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return "deb:" + digest.hexdigest()
+
+
+def image_key(name: str, kernel: str = "") -> str:
+    """The recipe's hash; with another kernel, the hash of both (a derived image of the same recipe)."""
+    key = recipe_key(name)
+    if not kernel:
+        return key
+    return hashlib.sha256(f"{key}\0{_kernel_identity(kernel)}".encode()).hexdigest()[:16]
+
+
 def _image_dir(name: str, key: str) -> Path:
     return paths.cache_dir() / "images" / f"{name}-{key}"
 
@@ -57,7 +102,8 @@ def _load(name: str, key: str) -> Image | None:
     if not manifest.exists():
         return None
     data = json.loads(manifest.read_text())
-    return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", data["kernel_version"])
+    return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", data["kernel_version"],
+                 kernel_source=data.get("kernel_source", ""))
 
 
 def known() -> list[str]:
@@ -71,31 +117,32 @@ def _published(e, path: Path) -> Image:
     return Image(e.name, catalog.digest_of(e)[:16], path, None, None, "", e.guest)
 
 
-def cached(name: str) -> Image | None:
+def cached(name: str, kernel: str = "") -> Image | None:
     if name not in RECIPES:
         entries = catalog.load()
         if name not in entries:
             raise InputError("image", f"unknown image {name!r} (known: {', '.join([*RECIPES, *entries])})")
         path = catalog.cached(entries[name])
         return _published(entries[name], path) if path else None
-    return _load(name, recipe_key(name))
+    return _load(name, image_key(name, kernel))
 
 
-def planned(name: str) -> Image:
+def planned(name: str, kernel: str = "") -> Image:
     """The image as it will be once built or pulled (its paths, for a dry run): nothing is made."""
     if name in RECIPES:
-        key = recipe_key(name)
+        key = image_key(name, kernel)
         where = _image_dir(name, key)
-        return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", "")
+        return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", "", kernel_source=kernel)
     e = catalog.entry(name)
     return Image(e.name, (e.sha256 or "unpinned")[:16], paths.cache_dir() / "cloud" / e.name / e.filename, None, None, "",
                  e.guest)
 
 
-def ensure(name: str, log=sys.stderr) -> Image:
+def ensure(name: str, log=sys.stderr, kernel: str = "") -> Image:
     """Return the cached image: built once (under a lock) if its recipe is new, or pulled if it is a
-    published image not in the cache yet."""
-    image = cached(name)
+    published image not in the cache yet. With `kernel`, the recipe's image with that kernel instead of
+    its own (built the same way, so the kdump initrd and the disk drivers come along), cached apart."""
+    image = cached(name, kernel)
     if image:
         return image
     if name not in RECIPES:
@@ -104,7 +151,7 @@ def ensure(name: str, log=sys.stderr) -> Image:
     missing = [tool for tool in BUILD_TOOLS if not shutil.which(tool)]
     if missing:
         raise HostError("image", f"cannot build {name}: {', '.join(missing)} not installed (make setup)")
-    key = recipe_key(name)
+    key = image_key(name, kernel)
     root = paths.owned_cache() / "images"
     root.mkdir(exist_ok=True)
     # The lock is the images folder itself: no lock file is left behind.
@@ -113,14 +160,15 @@ def ensure(name: str, log=sys.stderr) -> Image:
         if image:
             return image
         started = time.monotonic()
-        print(f"image: building {name} ({key}); about 2 minutes", file=log, flush=True)
+        with_kernel = f" with kernel {kernel}" if kernel else ""
+        print(f"image: building {name}{with_kernel} ({key}); about 2 minutes", file=log, flush=True)
         # The owner's pid is in the name from the first moment: a concurrent `lab clean` leaves it alone.
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-{os.getpid()}-", dir=root))
         try:
-            _build(name, tmp, log)
+            _build(name, tmp, log, kernel)
             version = (tmp / "kernel-version").read_text().strip()
             (tmp / "manifest.json").write_text(json.dumps({
-                "name": name, "key": key, "kernel_version": version,
+                "name": name, "key": key, "kernel_version": version, "kernel_source": kernel,
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_seconds": round(time.monotonic() - started, 1),
             }, indent=2))
             (tmp / BUILDER).unlink()
@@ -135,11 +183,17 @@ def ensure(name: str, log=sys.stderr) -> Image:
 BUILDER = "builder.json"   # in a build folder: who builds it (lab pid) and the builder's process group
 
 
-def _build(name: str, tmp: Path, log) -> None:
+def _build(name: str, tmp: Path, log, kernel: str = "") -> None:
     # Its own session: on any way out, the whole builder (mmdebstrap and its apt/dpkg) is stopped, not
     # just build.sh; and `lab clean` can stop it after the lab was killed with -9.
+    env = dict(os.environ)
+    archive = ARCHIVE_KERNEL.fullmatch(kernel)
+    if archive:   # apt's PACKAGE/SUITE: that suite's package, and from it whatever the package needs
+        env.update(LAB_KERNEL_SUITE=archive["suite"], LAB_KERNEL_INCLUDE=f"{archive['package']}/{archive['suite']}")
+    elif kernel:
+        env.update(LAB_KERNEL_INCLUDE=kernel)
     proc = subprocess.Popen([str(RECIPES[name] / "build.sh"), str(tmp)], stdout=log, stderr=log,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     (tmp / BUILDER).write_text(json.dumps({"owner": os.getpid(), "pgid": proc.pid}))
     try:
         code = proc.wait()

@@ -79,3 +79,27 @@ def load(path: Path) -> RecordedLog:
     if header is None:
         raise MalformedLog(f"{path}: no header (VERDICT: ... then a --- line)")
     return RecordedLog(Path(path), header["VERDICT"], header["STAGE"], header["SOURCE"], header["NOTES"], console)
+
+
+class _Rest:
+    """What is left of a stream after its header: the bytes already read, then the rest."""
+
+    def __init__(self, first: bytes, rest):
+        self.first, self.rest = first, rest
+
+    def read(self, size: int) -> bytes:
+        if self.first:
+            out, self.first = self.first[:size], self.first[size:]
+            return out
+        return self.rest.read(size)
+
+
+def console_of(stream) -> tuple[dict[str, str] | None, "_Rest"]:
+    """(header, console stream) of a saved file: a recorded log's header is not console; any other file
+    is all console (a header that does not parse included)."""
+    first = stream.read(1 << 16)
+    try:
+        header, console = split(first)
+    except MalformedLog:
+        header = None
+    return (None, _Rest(first, stream)) if header is None else (header, _Rest(console, stream))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,14 @@ def _hv_crash(scenario, transcript) -> dict | None:
             "note": ("the host reported a guest crash through the Hyper-V crash MSRs" if crashed else
                      "no crash notification reached the host: the guest wrote no Hyper-V crash MSRs (under TCG "
                      "it does not see Hyper-V at all), so kexec ran as usual")}
+
+
+def _kernel_booted(transcript) -> str | None:
+    """The release in the first kernel's banner: what really booted (a derived image's kernel included)."""
+    for e in transcript.reader.events:
+        if e.kind == GuestEvent.KERNEL_BANNER and (m := re.search(r"Linux version (\S+)", e.text)):
+            return m.group(1)
+    return None
 
 
 def _profile(profile: dict, transcript) -> dict:
@@ -188,6 +197,8 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
         accel=accel.to_json(),
         hyperv=_hyperv(accel, preflight, transcript),
         image={"name": image.name, "key": image.key, "kernel": image.kernel_version or None,
+               "kernel_source": image.kernel_source or "the image's own",
+               "kernel_booted": _kernel_booted(transcript),
                "boot": "its own bootloader" if image.boots_from_disk else "direct kernel boot"},
         host={"uri": uri, "machine": platform.node(), "kernel": platform.release()},
         console=facts.get("console") or {},

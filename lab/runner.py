@@ -51,7 +51,7 @@ def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Tim
     artifacts = results / run_id
     say = Reporter(run_id, sink, top.started)
     uri = conn.getURI()
-    image = image_mod.ensure(scenario.image, log=sink)   # a build, when needed, is not lab overhead
+    image = image_mod.ensure(scenario.image, log=sink, kernel=scenario.kernel)   # a build, when needed, is not lab overhead
     warnings = kdumpconf.lint(kdumpconf.CONFIGS[scenario.kdump_config], image.guest.flavour)
     for warning in warnings:
         say(f"warning: {warning}")

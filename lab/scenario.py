@@ -41,6 +41,7 @@ class Scenario:
     repeat: int = 1                  # runs of this scenario; more than one gives rates
     wait_for_login: bool = False     # follow a reset guest to its next login (the verdict is certain before)
     keep: bool = False               # leave the guest as it is after the verdict (lab ps / attach / stop)
+    kernel: str = ""                 # "" the image's own; SUITE/PACKAGE from Debian's archive; or a .deb's path
 
     def trigger_cpu(self) -> int | None:
         return int(self.trigger[4:]) if self.trigger.startswith("cpu:") else None
@@ -142,6 +143,10 @@ def validate(s: Scenario) -> None:
         bad("a scenario name is lowercase letters, digits and dashes (it names the run's folder and domain)")
     if s.image not in image_mod.RECIPES and s.image not in image_mod.known():   # the catalog only when needed
         bad(f"unknown image {s.image!r} (known: {', '.join(image_mod.known())})")
+    if s.kernel and s.image not in image_mod.RECIPES:
+        bad(f"kernel needs an image the lab builds ({', '.join(image_mod.RECIPES)}); {s.image} brings its own")
+    elif (wrong := image_mod.check_kernel(s.kernel)):
+        bad(wrong)
     if s.extra_cmdline and s.image not in image_mod.RECIPES:
         bad(f"extra_cmdline needs a direct kernel boot, and image {s.image} boots through its own bootloader")
     if s.profile not in PROFILES:

@@ -40,6 +40,10 @@ def one_line_error(done, stage: str, words: str) -> None:
     ("stall_seconds=1e999", "stall_seconds=inf: expected a finite number of seconds"),
     ("boot_seconds=3601", "boot_seconds=3601 is above 3600"),
     ("trigger=nmi\n", "trigger='nmi\\n': expected sysrq, nmi or cpu:N"),
+    ("kernel=6.12", "kernel='6.12': expected SUITE/PACKAGE"),
+    ("kernel=sid/../../etc", "kernel='sid/../../etc': expected SUITE/PACKAGE"),
+    ("kernel=/etc/hostname.deb", "kernel='/etc/hostname.deb': cannot read it"),
+    ("kernel=linux.deb", "give the .deb's absolute path"),
 ])
 def test_out_of_range_and_unknown_values_are_refused_before_anything_exists(tmp_path, override, words):
     done = lab("run", "kdump", "--set", override, "--results", str(tmp_path / "results"), env=NO_LIBVIRT)
@@ -199,3 +203,17 @@ def test_a_missing_host_tool_is_named_before_anything_is_created(tmp_path):
                env={"PATH": str(tools), "LAB_URI": "test+unix:///nowhere", "LAB_CACHE_DIR": str(tmp_path / "cache")})
     one_line_error(done, "host", "not installed: qemu-img (overlays and disk copies)")
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_kernel_deb_that_is_not_a_package_is_one_line(tmp_path):
+    fake = tmp_path / "linux-image.deb"
+    fake.write_text("not an ar archive")
+    done = lab("run", "kdump", "--kernel-deb", str(fake), "--results", str(tmp_path / "results"), env=NO_LIBVIRT)
+    one_line_error(done, "scenario", "is not a Debian package (no ar archive header)")
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_kernel_is_for_an_image_the_lab_builds(tmp_path):
+    done = lab("run", "kdump", "--image", "ubuntu24.04", "--kernel-package", "sid/linux-image-amd64",
+               "--results", str(tmp_path / "results"), env=NO_LIBVIRT)
+    one_line_error(done, "scenario", "kernel needs an image the lab builds (debian12); ubuntu24.04 brings its own")

@@ -84,3 +84,23 @@ def test_a_dry_run_renders_everything_and_creates_nothing(tmp_path):
     assert "options ata_piix prefer_ms_hyperv=0" in (run / "kdump.txt").read_text()
     assert "nothing was started or created" in done.stdout
     assert not (tmp_path / "cache").exists()   # no image build, no scratch, no probe: nothing at all
+
+
+def test_another_kernel_is_a_derived_image_of_the_same_recipe_keyed_by_the_package(tmp_path):
+    env = dict(os.environ, LAB_CACHE_DIR=str(tmp_path / "cache"), LAB_URI="test:///nowhere")
+
+    def planned(*args):
+        done = run_lab("run", "kdump", "--dry-run", "--results", str(tmp_path / "r"), *args, env=env, text=True)
+        assert done.returncode == 0, done.stderr
+        return next(line.strip() for line in done.stdout.splitlines() if line.strip().startswith("image: "))
+
+    own, backports = planned(), planned("--kernel-package", "bookworm-backports/linux-image-amd64")
+    assert own.endswith("kernel: the image's own") and backports.endswith("kernel: bookworm-backports/linux-image-amd64")
+    deb = tmp_path / "linux-image-test_1_amd64.deb"
+    deb.write_bytes(b"!<arch>\n" + b"one")
+    first = planned("--kernel-deb", str(deb))
+    deb.write_bytes(b"!<arch>\n" + b"two")   # same path, other contents: another image
+    second = planned("--kernel-deb", str(deb))
+    keys = [line.split("(", 1)[1].split(")", 1)[0] for line in (own, backports, first, second)]
+    assert len(set(keys)) == 4, keys
+    assert not (tmp_path / "cache").exists()

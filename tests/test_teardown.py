@@ -36,7 +36,7 @@ def own_cache(tmp_path, monkeypatch):
 
 
 def test_a_run_that_raises_anything_is_its_own_host_error_and_the_others_go_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None: None)
+    monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None, kernel="": None)
 
     def run(scenario, results, log, snapshot=False):
         if scenario.name == "panic-hang":
@@ -51,7 +51,7 @@ def test_a_run_that_raises_anything_is_its_own_host_error_and_the_others_go_on(t
 
 
 def test_an_interrupted_batch_does_not_cancel_the_next_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None: None)
+    monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None, kernel="": None)
     CANCEL.set()   # what an interrupted earlier batch in this process leaves
     seen = []
     monkeypatch.setattr(batch, "run", lambda s, r, log, snapshot=False: seen.append(CANCEL.is_set()) or Reported({"verdict": "hang"}))

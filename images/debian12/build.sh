@@ -11,13 +11,24 @@ rootfs="$out/rootfs"
 step() { echo "image: $*" >&2; }
 
 packages=$(grep -v '^#' "$here/packages.txt" | xargs | tr ' ' ,)
-step "mmdebstrap bookworm ($packages)"
+# Another kernel (lab/image.py sets these): PACKAGE/SUITE from Debian's archive, or a local .deb, in
+# place of linux-image-amd64; the rest of the recipe (kdump initrd, drivers, timers) is the same.
+kernel_args=() sources=()
+if [ -n "${LAB_KERNEL_INCLUDE:-}" ]; then
+  packages=$(echo ",$packages," | sed 's/,linux-image-amd64,/,/; s/^,//; s/,$//')
+  kernel_args=(--include="$LAB_KERNEL_INCLUDE")
+  case $LAB_KERNEL_INCLUDE in
+    /*) kernel_args+=(--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount) ;;
+  esac
+  [ -n "${LAB_KERNEL_SUITE:-}" ] && sources=("deb $mirror $LAB_KERNEL_SUITE main")
+fi
+step "mmdebstrap bookworm ($packages${LAB_KERNEL_INCLUDE:+, kernel $LAB_KERNEL_INCLUDE})"
 mmdebstrap --mode=root --variant=important --quiet \
-  --include="$packages" \
+  --include="$packages" "${kernel_args[@]}" \
   --aptopt='Acquire::Check-Valid-Until "false"' \
   --customize-hook="\"$here/customize.sh\" \"\$1\"" \
   bookworm "$rootfs" \
-  "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
+  "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main" "${sources[@]}"
 
 version=$(ls "$rootfs/lib/modules")
 cp "$rootfs/boot/vmlinuz-$version" "$out/vmlinuz"
