@@ -5,9 +5,6 @@ stalls, the trigger) go to a separate JSON-lines file and never into the guest's
 """
 from __future__ import annotations
 
-import difflib
-import functools
-import itertools
 import json
 import re
 import time
@@ -16,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from . import markers as M
+from .prefilter import CONTROL_BYTES, Prefilter
 from .errors import HostError
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -28,12 +26,8 @@ HOST_PREFIXES = re.compile(
     r"|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ (?:kernel: )?"                        # syslog
     r"|>+ ?"                                                                          # mail quoting
     r")")
-ANSI_BYTES = re.compile(ANSI.pattern.encode())
-# Control characters become spaces one for one (\t and \n are kept): the same mapping for bytes and str,
-# so a needle found in a scrubbed block is exactly a needle found in the cleaned line.
-_CONTROLS = [c for c in range(32) if c not in (9, 10)] + [127]
-CONTROL_BYTES = bytes(32 if b in _CONTROLS else b for b in range(256))
-CONTROL_STR = {c: 32 for c in _CONTROLS}
+# Control characters become spaces one for one (\t and \n are kept); lab/prefilter.py does the same to bytes.
+CONTROL_STR = {c: 32 for c in range(32) if c not in (9, 10)} | {127: 32}
 MAX_LINE = 64 * 1024  # a longer line is read in pieces of this size: binary junk must not grow memory
 
 
@@ -51,51 +45,30 @@ class Event:
 def clean(raw: str) -> tuple[str, float | None]:
     """One console line as a reader sees it, and its kernel timestamp if it has one."""
     text = ANSI.sub("", raw) if "\x1b" in raw else raw
-    text = text.translate(CONTROL_STR).strip()
+    return _tidy(text.translate(CONTROL_STR))
+
+
+def clean_bytes(raw: bytes) -> tuple[str, float | None]:
+    """clean() of raw decoded as UTF-8 (bad bytes replaced). Without ESC, control bytes can become
+    spaces before decoding, which is cheaper and gives the same text: no UTF-8 sequence holds one."""
+    if b"\x1b" in raw:
+        return clean(raw.decode("utf-8", errors="replace"))
+    return _tidy(raw.translate(CONTROL_BYTES).decode("utf-8", errors="replace"))
+
+
+def _tidy(text: str) -> tuple[str, float | None]:
+    text = text.strip()
     for _ in range(3):
-        stripped = HOST_PREFIXES.sub("", text, count=1)
-        if stripped == text:
+        m = HOST_PREFIXES.match(text)   # match, not sub: sub would try every position against the ^
+        if not m:
             break
-        text = stripped
+        text = text[m.end():]
     kt = None
     m = KERNEL_TS.match(text)
     if m:
         kt = float(m.group(1)) if m.group(1) else None
         text = text[m.end():]
     return text, kt
-
-
-MERGE_MIN = 11   # needles sharing a run this long are searched for by that run: fewer passes over the data
-
-
-@functools.lru_cache(maxsize=8)
-def _merged_needles(wanted: frozenset[str]) -> list[str]:
-    """Fewer needles that still find every line the given ones find.
-
-    A needle that contains another is dropped; two needles that share a substring of MERGE_MIN or more
-    characters are replaced by it. Each pass over the data costs the same whatever the needle, so this
-    trades a few more candidate lines for fewer passes.
-    """
-    def minimal(items):
-        return sorted(n for n in items if not any(o != n and o in n for o in items))
-
-    needles = minimal(wanted)
-    while True:
-        # Only pairs that share a MERGE_MIN-gram can share a run that long.
-        holders: dict[str, set[str]] = {}
-        for n in needles:
-            for i in range(len(n) - MERGE_MIN + 1):
-                holders.setdefault(n[i:i + MERGE_MIN], set()).add(n)
-        pairs = {tuple(sorted(pair)) for group in holders.values() if len(group) > 1
-                 for pair in itertools.combinations(sorted(group), 2)}
-        best = ""
-        for a, b in sorted(pairs):
-            match = difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
-            if match.size > len(best):
-                best, pair = a[match.a:match.a + match.size], (a, b)
-        if not best:
-            return needles
-        needles = minimal([n for n in needles if n not in pair] + [best])
 
 
 class Reader:
@@ -108,16 +81,9 @@ class Reader:
     def __init__(self, table: Iterable[M.Marker] = M.ALL, clock=None):
         self.table = list(table)
         self.prompts = [m for m in self.table if m.prompt]
-        # Most console lines match no marker at all: find the few that hold a marker's literal needle
-        # with bytes.find over the whole chunk, and run the regexes on those lines only.
-        wanted = {n for m in self.table for n in (m.needles or ())}
-        # A needle that contains another one finds nothing the shorter one does not.
-        kept = _merged_needles(frozenset(wanted))
-        self._needles = [n.encode() for n in kept]
-        # For each kept needle, the markers a line holding it may match: a line is tried on those only.
-        self._markers_of = {n.encode(): {i for i, m in enumerate(self.table) if m.needles and any(n in o for o in m.needles)}
-                            for n in kept}
-        self._all_lines = any(m.needles is None for m in self.table)
+        # Most console lines match no marker at all: one Hyperscan pass over each block finds the few that
+        # may, and which markers to try on them; only those lines are decoded and matched.
+        self._prefilter = Prefilter([m.regex.pattern for m in self.table], MAX_LINE)
         self._pending = b""
         self._prompt_fired_on = 0
         self.lines = 0            # complete lines read so far
@@ -139,7 +105,7 @@ class Reader:
             piece, self._pending = self._pending[:MAX_LINE], self._pending[MAX_LINE:]
             new += self._match(piece, self.lines + 1, t, False)
         if self._pending and self._prompt_fired_on != self.lines + 1:
-            cleaned, kt = clean(self._pending.decode("utf-8", errors="replace"))
+            cleaned, kt = clean_bytes(self._pending)
             for marker in self.prompts:
                 m = marker.regex.search(cleaned)
                 if m:
@@ -156,48 +122,16 @@ class Reader:
         """Events of a run of complete lines (block ends with a newline)."""
         first = self.lines + 1
         new: list[Event] = []
-        for index, raw, markers in self._candidates(block):
+        candidates, lines = self._prefilter.candidates(block)
+        for index, raw, markers in candidates:
             lineno = first + index
             for i in range(0, max(len(raw), 1), MAX_LINE):
                 new += self._match(raw[i:i + MAX_LINE], lineno, t, self._prompt_fired_on == lineno, markers)
-        self.lines += block.count(b"\n")
+        self.lines += lines
         return new
 
-    def _candidates(self, block: bytes) -> list[tuple[int, bytes, set | None]]:
-        """(index, raw bytes, markers to try) of the lines that hold at least one needle, after the same
-        scrubbing as clean(); None stands for every marker."""
-        if self._all_lines:
-            return [(i, raw, None) for i, raw in enumerate(block.split(b"\n")[:-1])]
-        escaped = b"\x1b" in block
-        # ANSI sequences vanish, so offsets move (newlines, never inside one, stay); control bytes map 1:1.
-        scrubbed = (ANSI_BYTES.sub(b"", block) if escaped else block).translate(CONTROL_BYTES)
-        hits = []
-        for needle in self._needles:
-            pos = scrubbed.find(needle)
-            while pos >= 0:
-                hits.append((pos, needle))
-                pos = scrubbed.find(needle, scrubbed.index(b"\n", pos) + 1)
-        if not hits:
-            return []
-        hits.sort()
-        found: list[tuple[int, bytes, set]] = []
-        lines = block.split(b"\n") if escaped else None
-        line, last = 0, 0
-        for pos, needle in hits:
-            line += scrubbed.count(b"\n", last, pos)
-            last = pos
-            if found and found[-1][0] == line:
-                found[-1][2].update(self._markers_of[needle])
-                continue
-            if lines is not None:
-                raw = lines[line]
-            else:   # offsets in the scrubbed block are the block's own
-                raw = block[scrubbed.rfind(b"\n", 0, pos) + 1:block.index(b"\n", pos)]
-            found.append((line, raw, set(self._markers_of[needle])))
-        return found
-
     def _match(self, raw: bytes, lineno: int, t, skip_prompts: bool, markers: set | None = None) -> list[Event]:
-        text, kt = clean(raw.decode("utf-8", errors="replace"))
+        text, kt = clean_bytes(raw)
         if not text:
             return []
         found = []
