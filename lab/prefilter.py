@@ -20,11 +20,10 @@ import re
 import hyperscan
 
 HIGH = r"[\x80-\xff]+"   # one non-ASCII character as UTF-8 bytes, or an invalid run (U+FFFD to Python)
+CONTROLS = r"\x00-\x08\x0b-\x1f\x7f"   # the bytes clean() turns into spaces (all controls but \t and \n)
 SHORTHAND = "dDwWsS"
 # transcript.ANSI for bytes, with no newline inside an OSC sequence: a scrubbed line stays one line.
 ANSI_BYTES = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-_CONTROLS = [c for c in range(32) if c not in (9, 10)] + [127]
-CONTROL_BYTES = bytes(32 if b in _CONTROLS else b for b in range(256))
 
 
 class Unsupported(ValueError):
@@ -61,8 +60,12 @@ def _class(p: str, i: int) -> tuple[str, int]:
             j += 1
     if j >= len(p):
         raise Unsupported("unterminated class")
-    text = p[i:j + 1]
-    return (f"(?:{text}|{HIGH})" if wide else text), j + 1
+    body = p[i + 1 + negated:j]
+    if not negated:   # a class that may match a space may match a control byte: take them all in
+        body = "[" + CONTROLS + ("\\x" + f"{ord(body[0]):02x}" + body[1:] if body[0] in "]-" else body) + "]"
+    else:
+        body = p[i:j + 1]
+    return (f"(?:{body}|{HIGH})" if wide else body), j + 1
 
 
 def _quantifier(p: str, i: int) -> tuple[str, int]:
@@ -94,7 +97,9 @@ def _seq(p: str, i: int) -> tuple[list, int]:
         atom = None
         if c == "\\":
             e = p[i + 1]
-            if e in SHORTHAND:
+            if e == "s":
+                atom = f"(?:[\\s{CONTROLS}]|{HIGH})"
+            elif e in SHORTHAND:
                 atom = f"(?:\\{e}|{HIGH})"
             elif e in "bBAZ":
                 pass   # an assertion: dropped
@@ -131,6 +136,8 @@ def _seq(p: str, i: int) -> tuple[list, int]:
         else:
             # Everything but ASCII letters and digits as \xHH: no character means more to Hyperscan than to re.
             atom = c if c.isascii() and c.isalnum() else _byte(c) if c.isascii() else f"(?:{_byte(c)})"
+            if c == " ":
+                atom = f"[\\x20{CONTROLS}]"
             i += 1
         if atom is not None:
             alts[-1].append([atom, ""])
@@ -200,7 +207,7 @@ def _ends_a_character(data: bytes, end: int) -> bool:
     while lead > max(end - 4, 0) and 0x80 <= data[lead] < 0xC0:   # back over continuation bytes
         lead -= 1
     try:
-        data[lead:end].decode("utf-8")
+        bytes(data[lead:end]).decode("utf-8")
         return True
     except UnicodeDecodeError:
         return False
@@ -228,45 +235,54 @@ class Prefilter:
             return True
         return False
 
-    def _hits(self, data: bytes) -> dict[int, set[int]]:
-        """{start of a line: the markers that may match it}."""
+    def _hits(self, view, base, off: int) -> dict[int, set[int]]:
+        """{start of a line in base: the markers that may match it}; view is base[off:], whole lines."""
         hits: dict[int, set[int]] = {}
-        rfind = data.rfind
+        rfind = base.rfind
+        floor = off - 1 if off else 0   # base[off - 1] is the newline before view
 
         def on_match(id_, start, end, flags, context):
-            line = rfind(b"\n", 0, end - 1) + 1   # end - 1: the match's last byte
+            line = rfind(b"\n", floor, off + end - 1) + 1   # end - 1: the match's last byte
             if line in hits:
                 hits[line].add(id_)
             else:
                 hits[line] = {id_}
 
-        self.db.scan(data, match_event_handler=on_match, scratch=self.scratch)
+        self.db.scan(view, match_event_handler=on_match, scratch=self.scratch)
         return hits
 
-    def candidates(self, block: bytes) -> tuple[list[tuple[int, bytes, set[int]]], int]:
-        """(line index, line, markers that may match) of each line of block that may hold a marker, in
-        order, and the number of lines. block is whole lines, each ending in \\n; a line comes back raw,
-        or scrubbed where that cleans to the same text."""
-        escaped = b"\x1b" in block
-        # ANSI sequences never hold a newline (see ANSI_BYTES): line k of scrubbed is line k of block.
-        scrubbed = (ANSI_BYTES.sub(b"", block) if escaped else block).translate(CONTROL_BYTES)
-        removed = len(block) - len(scrubbed)
-        # A scrubbed line cleans to what its raw line does, but where an ESC cuts a character short, and
-        # for a raw line over max_line, which is matched in pieces: those take the raw line.
-        raw_only = escaped and self._splits_a_character(block)
+    def candidates(self, data, lo: int = 0, hi: int | None = None) -> tuple[list[tuple[int, bytes, bool, set[int]]], int]:
+        """(line index, line, scrubbed, markers that may match) of each line of data[lo:hi] that may hold a
+        marker, in order, and the number of lines. data[lo:hi] is whole lines, each ending in \\n, and is
+        read in place. A line comes back raw, or with its ANSI sequences removed (scrubbed) where that
+        cleans to the same text."""
+        hi = len(data) if hi is None else hi
+        view = memoryview(data)[lo:hi]
+        escaped = data.find(b"\x1b", lo, hi) >= 0
+        raw_only, removed = False, 0
+        if escaped:
+            # ANSI sequences never hold a newline (see ANSI_BYTES): line k of scrubbed is line k of data.
+            # Control bytes stay: the patterns take them for the spaces clean() makes of them.
+            base, off = ANSI_BYTES.sub(b"", view), 0
+            removed = len(view) - len(base)
+            # A scrubbed line cleans to what its raw line does, but where an ESC cuts a character short,
+            # and for a raw line over max_line, which is matched in pieces: those take the raw line.
+            raw_only = self._splits_a_character(view)
+            hits = self._hits(base, base, 0)
+            top = len(base)
+        else:
+            base, off, top = data, lo, hi
+            hits = self._hits(view, data, lo)
         raw_lines = None
         out = []
-        index, counted = 0, 0
-        for start, markers in sorted(self._hits(scrubbed).items()):
-            index += scrubbed.count(b"\n", counted, start)
+        index, counted = 0, off
+        for start, markers in sorted(hits.items()):
+            index += base.count(b"\n", counted, start)
             counted = start
-            end = scrubbed.index(b"\n", start)
-            if not escaped:   # controls map one for one: the offsets are the block's own
-                line = block[start:end]
+            end = base.index(b"\n", start)
+            if escaped and (raw_only or end - start + removed > self.max_line):
+                raw_lines = raw_lines or bytes(view).split(b"\n")
+                out.append((index, raw_lines[index], False, markers))
             else:
-                line = scrubbed[start:end]
-                if raw_only or end - start + removed > self.max_line:
-                    raw_lines = raw_lines or block.split(b"\n")
-                    line = raw_lines[index]
-            out.append((index, line, markers))
-        return out, index + scrubbed.count(b"\n", counted)
+                out.append((index, base[start:end], escaped, markers))
+        return out, index + base.count(b"\n", counted, top)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from . import markers as M
-from .prefilter import CONTROL_BYTES, Prefilter
+from .prefilter import Prefilter
 from .errors import HostError
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -26,8 +26,10 @@ HOST_PREFIXES = re.compile(
     r"|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ (?:kernel: )?"                        # syslog
     r"|>+ ?"                                                                          # mail quoting
     r")")
-# Control characters become spaces one for one (\t and \n are kept); lab/prefilter.py does the same to bytes.
-CONTROL_STR = {c: 32 for c in range(32) if c not in (9, 10)} | {127: 32}
+# Control characters become spaces one for one (\t and \n are kept), in text and in bytes alike.
+_CONTROLS = [c for c in range(32) if c not in (9, 10)] + [127]
+CONTROL_STR = {c: 32 for c in _CONTROLS}
+CONTROL_BYTES = bytes(32 if b in _CONTROLS else b for b in range(256))
 MAX_LINE = 64 * 1024  # a longer line is read in pieces of this size: binary junk must not grow memory
 
 
@@ -48,10 +50,11 @@ def clean(raw: str) -> tuple[str, float | None]:
     return _tidy(text.translate(CONTROL_STR))
 
 
-def clean_bytes(raw: bytes) -> tuple[str, float | None]:
-    """clean() of raw decoded as UTF-8 (bad bytes replaced). Without ESC, control bytes can become
+def clean_bytes(raw: bytes, scrubbed: bool = False) -> tuple[str, float | None]:
+    """clean() of raw decoded as UTF-8 (bad bytes replaced); scrubbed: its ANSI sequences are already
+    gone (a second pass could join what is left into a new one). Without ESC, control bytes can become
     spaces before decoding, which is cheaper and gives the same text: no UTF-8 sequence holds one."""
-    if b"\x1b" in raw:
+    if b"\x1b" in raw and not scrubbed:
         return clean(raw.decode("utf-8", errors="replace"))
     return _tidy(raw.translate(CONTROL_BYTES).decode("utf-8", errors="replace"))
 
@@ -95,12 +98,20 @@ class Reader:
             t = self.clock()
         if isinstance(data, str):
             data = data.encode("utf-8", errors="replace")
-        buffer = self._pending + data
-        cut = buffer.rfind(b"\n") + 1
-        block, self._pending = buffer[:cut], buffer[cut:]
         new: list[Event] = []
-        if block:
-            new += self._scan(block, t)
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            # The pending line ends in data: that line first, then the rest of data read in place (a
+            # copy of a whole chunk costs more than the scan of it).
+            lo = 0
+            if self._pending:
+                lo = data.find(b"\n") + 1
+                new += self._scan(self._pending + data[:lo], t)
+            if cut > lo:
+                new += self._scan(data, t, lo, cut)
+            self._pending = bytes(data[cut:])
+        else:
+            self._pending += bytes(data)
         while len(self._pending) > MAX_LINE:   # an endless line: read it in pieces, keep only the rest
             piece, self._pending = self._pending[:MAX_LINE], self._pending[MAX_LINE:]
             new += self._match(piece, self.lines + 1, t, False)
@@ -118,20 +129,21 @@ class Reader:
     def close(self, t: float | None = None) -> list[Event]:
         return self.feed(b"\n", t) if self._pending else []
 
-    def _scan(self, block: bytes, t) -> list[Event]:
-        """Events of a run of complete lines (block ends with a newline)."""
+    def _scan(self, data, t, lo: int = 0, hi: int | None = None) -> list[Event]:
+        """Events of a run of complete lines, data[lo:hi] (it ends with a newline)."""
         first = self.lines + 1
         new: list[Event] = []
-        candidates, lines = self._prefilter.candidates(block)
-        for index, raw, markers in candidates:
+        candidates, lines = self._prefilter.candidates(data, lo, hi)
+        for index, raw, scrubbed, markers in candidates:
             lineno = first + index
             for i in range(0, max(len(raw), 1), MAX_LINE):
-                new += self._match(raw[i:i + MAX_LINE], lineno, t, self._prompt_fired_on == lineno, markers)
+                new += self._match(raw[i:i + MAX_LINE], lineno, t, self._prompt_fired_on == lineno, markers, scrubbed)
         self.lines += lines
         return new
 
-    def _match(self, raw: bytes, lineno: int, t, skip_prompts: bool, markers: set | None = None) -> list[Event]:
-        text, kt = clean_bytes(raw)
+    def _match(self, raw: bytes, lineno: int, t, skip_prompts: bool, markers: set | None = None,
+               scrubbed: bool = False) -> list[Event]:
+        text, kt = clean_bytes(raw, scrubbed)
         if not text:
             return []
         found = []
@@ -154,6 +166,10 @@ def read(data: bytes | str | BinaryIO) -> list[Event]:
     reader = Reader()
     if isinstance(data, (bytes, str)):
         reader.feed(data)
+    elif hasattr(data, "readinto"):   # one buffer for every chunk: no new megabyte to fault in each time
+        buffer = bytearray(CHUNK)
+        while n := data.readinto(buffer):
+            reader.feed(buffer if n == CHUNK else buffer[:n])
     else:
         while chunk := data.read(CHUNK):
             reader.feed(chunk)
