@@ -132,3 +132,40 @@ def test_prefilter_refuses_what_it_cannot_rewrite():
             hs_pattern(pattern)
     # Anchors and the optional tail go; a space may be any control byte, which clean() makes a space.
     assert hs_pattern(r"^Kernel panic(?: - (.*))?$") == r"Kernel[\x20\x00-\x08\x0b-\x1f\x7f]panic"
+
+
+def _marker_lines() -> list[bytes]:
+    """Lines of the logs that hold a marker: the material the fuzz test below mutates."""
+    from lab import markers
+    lines = set()
+    for path in _logs():
+        for raw in path.read_bytes().split(b"\n"):
+            text, _ = clean(raw.decode("utf-8", errors="replace"))
+            if any(m.regex.search(text) for m in markers.ALL):
+                lines.add(raw[:300])
+    return sorted(lines)
+
+
+# Bytes that clean() or UTF-8 decoding treat specially, put anywhere in a marker line, even inside a word.
+NOISE = [b"\x00", b"\r", b"\t", b"\x1b", b"\x1b[0m", b"\x1b[0;32m", b"\x1b]0;t\x07", b"\xc3\xa9", b"\xc3", b"\xa9",
+         b"\xff", b"\xc2\xa0", b"\xd9\xa5", b"\xe2\x80\xa6", b"\x7f", b"[", b"]", b" ", b"  ", b"5", b"\n"]
+
+
+def test_prefilter_equals_brute_force_on_mutated_marker_lines():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    lines = _marker_lines()
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(st.lists(st.tuples(st.sampled_from(lines),
+                              st.lists(st.tuples(st.integers(0, 400), st.sampled_from(NOISE)), max_size=4)),
+                    min_size=1, max_size=6))
+    def check(picked):
+        log = b""
+        for line, edits in picked:
+            for at, noise in sorted(edits, reverse=True):
+                line = line[:at] + noise + line[at:]
+            log += line + b"\n"
+        assert [(e.kind, e.line) for e in read(log)] == _brute_force(log)
+
+    check()
