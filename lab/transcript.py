@@ -14,6 +14,7 @@ from typing import BinaryIO, Iterable
 
 from . import markers as M
 from .prefilter import Prefilter
+from .vocabulary import GuestEvent as G
 from .errors import HostError
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -74,6 +75,14 @@ def _tidy(text: str) -> tuple[str, float | None]:
     return text, kt
 
 
+# Compacting (offline): of a run of events of one kind in a row, the first RUN_KEEP and the latest are kept.
+# The rules read no other event of such a run (verdict.py: the first of a kind, the first three Hyper-V
+# storage complaints, the last of a kind, and their order). Panics and banners each start a cycle or a
+# boot, so none of them is dropped.
+RUN_KEEP = 3
+NOT_COMPACTED = frozenset({G.PANIC, G.KERNEL_BANNER, G.FIRMWARE})
+
+
 class Reader:
     """Streaming: feed() chunks as they come, get events back; close() flushes the last line.
 
@@ -81,8 +90,12 @@ class Reader:
     are the file's own (a line longer than MAX_LINE is read in pieces that keep its number).
     """
 
-    def __init__(self, table: Iterable[M.Marker] = M.ALL, clock=None):
+    def __init__(self, table: Iterable[M.Marker] = M.ALL, clock=None, compact: bool = False):
+        """compact: self.events keeps only what a verdict can read (see RUN_KEEP), so that memory stays
+        bounded on a log that repeats one marker line; feed() still returns every event."""
         self.table = list(table)
+        self.compact = compact
+        self._run = 0   # events of the last kept event's kind in a row
         self.prompts = [m for m in self.table if m.prompt]
         # Most console lines match no marker at all: one Hyperscan pass over each block finds the few that
         # may, and which markers to try on them; only those lines are decoded and matched.
@@ -123,8 +136,23 @@ class Reader:
                     self._prompt_fired_on = self.lines + 1
                     new.append(Event(marker.event, self.lines + 1, cleaned, marker.stack, t, kt, m.groups()))
                     break
-        self.events += new
+        if self.compact:
+            self._keep(new)
+        else:
+            self.events += new
         return new
+
+    def _keep(self, new: list[Event]) -> None:
+        events = self.events
+        for e in new:
+            if events and e.kind == events[-1].kind and e.kind not in NOT_COMPACTED:
+                self._run += 1
+                if self._run > RUN_KEEP + 1:
+                    events[-1] = e   # the run's latest so far replaces the one before
+                    continue
+            else:
+                self._run = 1
+            events.append(e)
 
     def close(self, t: float | None = None) -> list[Event]:
         return self.feed(b"\n", t) if self._pending else []
@@ -136,7 +164,10 @@ class Reader:
         candidates, lines = self._prefilter.candidates(data, lo, hi)
         for index, raw, scrubbed, markers in candidates:
             lineno = first + index
-            for i in range(0, max(len(raw), 1), MAX_LINE):
+            if len(raw) <= MAX_LINE:
+                new += self._match(raw, lineno, t, self._prompt_fired_on == lineno, markers, scrubbed)
+                continue
+            for i in range(0, len(raw), MAX_LINE):
                 new += self._match(raw[i:i + MAX_LINE], lineno, t, self._prompt_fired_on == lineno, markers, scrubbed)
         self.lines += lines
         return new
@@ -148,7 +179,10 @@ class Reader:
             return []
         found = []
         # Table order, so that the events of one line come out in a fixed order.
-        for marker in self.table if markers is None else [self.table[i] for i in sorted(markers)]:
+        table = self.table
+        if markers is not None:
+            table = [table[i] for i in (markers if len(markers) == 1 else sorted(markers))]
+        for marker in table:
             if skip_prompts and marker.prompt:
                 continue
             m = marker.regex.search(text)
@@ -160,10 +194,10 @@ class Reader:
 CHUNK = 1 << 20
 
 
-def read(data: bytes | str | BinaryIO) -> list[Event]:
+def read(data: bytes | str | BinaryIO, compact: bool = False) -> list[Event]:
     """Offline: a whole saved log, or a binary file read in CHUNK pieces (bounded memory), through the
-    same streaming code as a live console."""
-    reader = Reader()
+    same streaming code as a live console; compact: see Reader."""
+    reader = Reader(compact=compact)
     if isinstance(data, (bytes, str)):
         reader.feed(data)
     elif hasattr(data, "readinto"):   # one buffer for every chunk: no new megabyte to fault in each time

@@ -303,4 +303,4 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
 
 def classify(log) -> Verdict:
     """A saved log (bytes, text or a binary stream) to its verdict: the one entry `lab classify` uses."""
-    return derive(read(log))
+    return derive(read(log, compact=True))   # the same verdict as from every event, in bounded memory
