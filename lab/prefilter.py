@@ -1,8 +1,10 @@
 """Which console lines can hold a marker: one Hyperscan pass over a block of lines for every marker.
 
-The block is scrubbed first, as clean() (lab/transcript.py) scrubs one line: ANSI sequences removed,
-control bytes to spaces. Each marker's Python regex is rewritten into a Hyperscan pattern that matches
-a superset of what the regex matches in the cleaned line, then the regexes run on those lines only:
+A block with an ESC first loses its ANSI sequences, as clean() (lab/transcript.py) does to one line.
+Each marker's Python regex is rewritten into a Hyperscan pattern that matches a superset of what the
+regex matches in the cleaned line, then the regexes run on those lines only:
+  - an atom that may match a space may match a control byte too, which clean() makes a space (so the
+    block needs no pass that maps them);
   - zero-width parts (^ $ \\b \\B \\A \\Z, lookarounds) are dropped: the cleaned line starts after
     prefixes the scrubbed line still has, and dropping a condition only widens the match;
   - Python matches characters, Hyperscan bytes: an atom that may match a non-ASCII character (\\d \\w \\s
@@ -45,7 +47,7 @@ def _class(p: str, i: int) -> tuple[str, int]:
     j += negated
     if p[j:j + 1] == "]":
         j += 1   # a leading ] is a literal
-    wide = negated
+    wide = False
     while j < len(p) and p[j] != "]":
         if p[j] == "\\":
             e = p[j + 1]
@@ -60,11 +62,11 @@ def _class(p: str, i: int) -> tuple[str, int]:
             j += 1
     if j >= len(p):
         raise Unsupported("unterminated class")
-    body = p[i + 1 + negated:j]
-    if not negated:   # a class that may match a space may match a control byte: take them all in
-        body = "[" + CONTROLS + ("\\x" + f"{ord(body[0]):02x}" + body[1:] if body[0] in "]-" else body) + "]"
-    else:
-        body = p[i:j + 1]
+    # A class that may match a space may match a control byte (clean() makes it one): take them all in.
+    if negated:
+        return f"(?:{p[i:j + 1]}|[{CONTROLS}]|{HIGH})", j + 1
+    body = p[i + 1:j]
+    body = "[" + CONTROLS + ("\\x" + f"{ord(body[0]):02x}" + body[1:] if body[0] in "]-" else body) + "]"
     return (f"(?:{body}|{HIGH})" if wide else body), j + 1
 
 

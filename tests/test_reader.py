@@ -132,6 +132,8 @@ def test_prefilter_refuses_what_it_cannot_rewrite():
             hs_pattern(pattern)
     # Anchors and the optional tail go; a space may be any control byte, which clean() makes a space.
     assert hs_pattern(r"^Kernel panic(?: - (.*))?$") == r"Kernel[\x20\x00-\x08\x0b-\x1f\x7f]panic"
+    # A negated class matches the space a control byte becomes, whatever it excludes.
+    assert hs_pattern("[^\x07]x") == "(?:[^\x07]|[\\x00-\\x08\\x0b-\\x1f\\x7f]|[\\x80-\\xff]+)x"
 
 
 def _marker_lines() -> list[bytes]:
