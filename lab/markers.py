@@ -4,6 +4,9 @@ Each row: (event, stack, regex). The regex is searched in one cleaned console li
 escapes, no kernel or host timestamp prefix). Rows marked PROMPT are also tried on an unterminated
 line, because prompts wait for input without a newline.
 
+The reader runs a regex only on lines that lab/prefilter.py picks out with one Hyperscan pass; it
+rewrites each regex for that, and refuses (when the first reader is made) a construct it cannot rewrite.
+
 Events, and what the verdict rules (verdict.py) make of them:
   firmware          a BIOS/firmware banner: the machine was reset (never seen on a kexec)
   kernel_banner     a kernel starts; kernel_cmdline says whether it is a capture kernel
@@ -35,13 +38,11 @@ Events, and what the verdict rules (verdict.py) make of them:
 from __future__ import annotations
 
 import re
-import re._parser as sre_parse  # the stdlib's own regex parser: reads the literal parts of a pattern
 from dataclasses import dataclass
 
 from .vocabulary import GuestEvent
 
 PROMPT = True
-MIN_NEEDLE = 3
 
 
 @dataclass(frozen=True)
@@ -50,44 +51,11 @@ class Marker:
     stack: str
     regex: re.Pattern
     prompt: bool = False
-    # Literal strings, one of which every match contains: the reader skips lines that have none of them.
-    # None: no such strings could be read off the pattern, so every line is tried.
-    needles: tuple[str, ...] | None = None
-
-
-def _runs(items) -> list[str]:
-    """Literal runs of one parsed sequence, in order (a non-literal item ends a run)."""
-    runs, current = [], ""
-    for op, arg in items:
-        if op is sre_parse.LITERAL:
-            current += chr(arg)
-        else:
-            runs.append(current)
-            current = ""
-    return [r for r in runs + [current] if r]
-
-
-def needles(pattern: str) -> tuple[str, ...] | None:
-    """The longest literal run every match must contain, or failing that, one run per alternative of
-    a top-level alternation; None when the pattern offers neither."""
-    items = list(sre_parse.parse(pattern))
-    best = max(_runs(items), key=len, default="")
-    if len(best) >= MIN_NEEDLE:
-        return (best,)
-    for op, arg in items:
-        if op is sre_parse.SUBPATTERN and len(arg[-1]) == 1:   # a capturing group around an alternation
-            op, arg = list(arg[-1])[0]
-        if op is sre_parse.BRANCH:
-            options = [max(_runs(list(alt)), key=len, default="") for alt in arg[1]]
-            if all(len(o) >= MIN_NEEDLE for o in options):
-                return tuple(options)
-    return None
 
 
 def _table(stack: str, rows: list[tuple]) -> list[Marker]:
     # GuestEvent(...) refuses, at import, a row whose event the rules do not know.
-    return [Marker(GuestEvent(row[0]), stack, re.compile(row[1]), len(row) > 2 and row[2], needles(row[1]))
-            for row in rows]
+    return [Marker(GuestEvent(row[0]), stack, re.compile(row[1]), len(row) > 2 and row[2]) for row in rows]
 
 
 FIRMWARE = _table("firmware", [

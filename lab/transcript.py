@@ -5,9 +5,6 @@ stalls, the trigger) go to a separate JSON-lines file and never into the guest's
 """
 from __future__ import annotations
 
-import difflib
-import functools
-import itertools
 import json
 import re
 import time
@@ -16,6 +13,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from . import markers as M
+from .prefilter import Prefilter
+from .vocabulary import GuestEvent as G
 from .errors import HostError
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -28,12 +27,10 @@ HOST_PREFIXES = re.compile(
     r"|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ (?:kernel: )?"                        # syslog
     r"|>+ ?"                                                                          # mail quoting
     r")")
-ANSI_BYTES = re.compile(ANSI.pattern.encode())
-# Control characters become spaces one for one (\t and \n are kept): the same mapping for bytes and str,
-# so a needle found in a scrubbed block is exactly a needle found in the cleaned line.
+# Control characters become spaces one for one (\t and \n are kept), in text and in bytes alike.
 _CONTROLS = [c for c in range(32) if c not in (9, 10)] + [127]
-CONTROL_BYTES = bytes(32 if b in _CONTROLS else b for b in range(256))
 CONTROL_STR = {c: 32 for c in _CONTROLS}
+CONTROL_BYTES = bytes(32 if b in _CONTROLS else b for b in range(256))
 MAX_LINE = 64 * 1024  # a longer line is read in pieces of this size: binary junk must not grow memory
 
 
@@ -51,12 +48,25 @@ class Event:
 def clean(raw: str) -> tuple[str, float | None]:
     """One console line as a reader sees it, and its kernel timestamp if it has one."""
     text = ANSI.sub("", raw) if "\x1b" in raw else raw
-    text = text.translate(CONTROL_STR).strip()
+    return _tidy(text.translate(CONTROL_STR))
+
+
+def clean_bytes(raw: bytes, scrubbed: bool = False) -> tuple[str, float | None]:
+    """clean() of raw decoded as UTF-8 (bad bytes replaced); scrubbed: its ANSI sequences are already
+    gone (a second pass could join what is left into a new one). Without ESC, control bytes can become
+    spaces before decoding, which is cheaper and gives the same text: no UTF-8 sequence holds one."""
+    if b"\x1b" in raw and not scrubbed:
+        return clean(raw.decode("utf-8", errors="replace"))
+    return _tidy(raw.translate(CONTROL_BYTES).decode("utf-8", errors="replace"))
+
+
+def _tidy(text: str) -> tuple[str, float | None]:
+    text = text.strip()
     for _ in range(3):
-        stripped = HOST_PREFIXES.sub("", text, count=1)
-        if stripped == text:
+        m = HOST_PREFIXES.match(text)   # match, not sub: sub would try every position against the ^
+        if not m:
             break
-        text = stripped
+        text = text[m.end():]
     kt = None
     m = KERNEL_TS.match(text)
     if m:
@@ -65,37 +75,12 @@ def clean(raw: str) -> tuple[str, float | None]:
     return text, kt
 
 
-MERGE_MIN = 11   # needles sharing a run this long are searched for by that run: fewer passes over the data
-
-
-@functools.lru_cache(maxsize=8)
-def _merged_needles(wanted: frozenset[str]) -> list[str]:
-    """Fewer needles that still find every line the given ones find.
-
-    A needle that contains another is dropped; two needles that share a substring of MERGE_MIN or more
-    characters are replaced by it. Each pass over the data costs the same whatever the needle, so this
-    trades a few more candidate lines for fewer passes.
-    """
-    def minimal(items):
-        return sorted(n for n in items if not any(o != n and o in n for o in items))
-
-    needles = minimal(wanted)
-    while True:
-        # Only pairs that share a MERGE_MIN-gram can share a run that long.
-        holders: dict[str, set[str]] = {}
-        for n in needles:
-            for i in range(len(n) - MERGE_MIN + 1):
-                holders.setdefault(n[i:i + MERGE_MIN], set()).add(n)
-        pairs = {tuple(sorted(pair)) for group in holders.values() if len(group) > 1
-                 for pair in itertools.combinations(sorted(group), 2)}
-        best = ""
-        for a, b in sorted(pairs):
-            match = difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
-            if match.size > len(best):
-                best, pair = a[match.a:match.a + match.size], (a, b)
-        if not best:
-            return needles
-        needles = minimal([n for n in needles if n not in pair] + [best])
+# Compacting (offline): of a run of events of one kind in a row, the first RUN_KEEP and the latest are kept.
+# The rules read no other event of such a run (verdict.py: the first of a kind, the first three Hyper-V
+# storage complaints, the last of a kind, and their order). Panics and banners each start a cycle or a
+# boot, so none of them is dropped.
+RUN_KEEP = 3
+NOT_COMPACTED = frozenset({G.PANIC, G.KERNEL_BANNER, G.FIRMWARE})
 
 
 class Reader:
@@ -105,19 +90,16 @@ class Reader:
     are the file's own (a line longer than MAX_LINE is read in pieces that keep its number).
     """
 
-    def __init__(self, table: Iterable[M.Marker] = M.ALL, clock=None):
+    def __init__(self, table: Iterable[M.Marker] = M.ALL, clock=None, compact: bool = False):
+        """compact: self.events keeps only what a verdict can read (see RUN_KEEP), so that memory stays
+        bounded on a log that repeats one marker line; feed() still returns every event."""
         self.table = list(table)
+        self.compact = compact
+        self._run = 0   # events of the last kept event's kind in a row
         self.prompts = [m for m in self.table if m.prompt]
-        # Most console lines match no marker at all: find the few that hold a marker's literal needle
-        # with bytes.find over the whole chunk, and run the regexes on those lines only.
-        wanted = {n for m in self.table for n in (m.needles or ())}
-        # A needle that contains another one finds nothing the shorter one does not.
-        kept = _merged_needles(frozenset(wanted))
-        self._needles = [n.encode() for n in kept]
-        # For each kept needle, the markers a line holding it may match: a line is tried on those only.
-        self._markers_of = {n.encode(): {i for i, m in enumerate(self.table) if m.needles and any(n in o for o in m.needles)}
-                            for n in kept}
-        self._all_lines = any(m.needles is None for m in self.table)
+        # Most console lines match no marker at all: one Hyperscan pass over each block finds the few that
+        # may, and which markers to try on them; only those lines are decoded and matched.
+        self._prefilter = Prefilter([m.regex.pattern for m in self.table], MAX_LINE)
         self._pending = b""
         self._prompt_fired_on = 0
         self.lines = 0            # complete lines read so far
@@ -129,80 +111,78 @@ class Reader:
             t = self.clock()
         if isinstance(data, str):
             data = data.encode("utf-8", errors="replace")
-        buffer = self._pending + data
-        cut = buffer.rfind(b"\n") + 1
-        block, self._pending = buffer[:cut], buffer[cut:]
         new: list[Event] = []
-        if block:
-            new += self._scan(block, t)
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            # The pending line ends in data: that line first, then the rest of data read in place (a
+            # copy of a whole chunk costs more than the scan of it).
+            lo = 0
+            if self._pending:
+                lo = data.find(b"\n") + 1
+                new += self._scan(self._pending + data[:lo], t)
+            if cut > lo:
+                new += self._scan(data, t, lo, cut)
+            self._pending = bytes(data[cut:])
+        else:
+            self._pending += bytes(data)
         while len(self._pending) > MAX_LINE:   # an endless line: read it in pieces, keep only the rest
             piece, self._pending = self._pending[:MAX_LINE], self._pending[MAX_LINE:]
             new += self._match(piece, self.lines + 1, t, False)
         if self._pending and self._prompt_fired_on != self.lines + 1:
-            cleaned, kt = clean(self._pending.decode("utf-8", errors="replace"))
+            cleaned, kt = clean_bytes(self._pending)
             for marker in self.prompts:
                 m = marker.regex.search(cleaned)
                 if m:
                     self._prompt_fired_on = self.lines + 1
                     new.append(Event(marker.event, self.lines + 1, cleaned, marker.stack, t, kt, m.groups()))
                     break
-        self.events += new
+        if self.compact:
+            self._keep(new)
+        else:
+            self.events += new
         return new
+
+    def _keep(self, new: list[Event]) -> None:
+        events = self.events
+        for e in new:
+            if events and e.kind == events[-1].kind and e.kind not in NOT_COMPACTED:
+                self._run += 1
+                if self._run > RUN_KEEP + 1:
+                    events[-1] = e   # the run's latest so far replaces the one before
+                    continue
+            else:
+                self._run = 1
+            events.append(e)
 
     def close(self, t: float | None = None) -> list[Event]:
         return self.feed(b"\n", t) if self._pending else []
 
-    def _scan(self, block: bytes, t) -> list[Event]:
-        """Events of a run of complete lines (block ends with a newline)."""
+    def _scan(self, data, t, lo: int = 0, hi: int | None = None) -> list[Event]:
+        """Events of a run of complete lines, data[lo:hi] (it ends with a newline)."""
         first = self.lines + 1
         new: list[Event] = []
-        for index, raw, markers in self._candidates(block):
+        candidates, lines = self._prefilter.candidates(data, lo, hi)
+        for index, raw, scrubbed, markers in candidates:
             lineno = first + index
-            for i in range(0, max(len(raw), 1), MAX_LINE):
-                new += self._match(raw[i:i + MAX_LINE], lineno, t, self._prompt_fired_on == lineno, markers)
-        self.lines += block.count(b"\n")
+            if len(raw) <= MAX_LINE:
+                new += self._match(raw, lineno, t, self._prompt_fired_on == lineno, markers, scrubbed)
+                continue
+            for i in range(0, len(raw), MAX_LINE):
+                new += self._match(raw[i:i + MAX_LINE], lineno, t, self._prompt_fired_on == lineno, markers, scrubbed)
+        self.lines += lines
         return new
 
-    def _candidates(self, block: bytes) -> list[tuple[int, bytes, set | None]]:
-        """(index, raw bytes, markers to try) of the lines that hold at least one needle, after the same
-        scrubbing as clean(); None stands for every marker."""
-        if self._all_lines:
-            return [(i, raw, None) for i, raw in enumerate(block.split(b"\n")[:-1])]
-        escaped = b"\x1b" in block
-        # ANSI sequences vanish, so offsets move (newlines, never inside one, stay); control bytes map 1:1.
-        scrubbed = (ANSI_BYTES.sub(b"", block) if escaped else block).translate(CONTROL_BYTES)
-        hits = []
-        for needle in self._needles:
-            pos = scrubbed.find(needle)
-            while pos >= 0:
-                hits.append((pos, needle))
-                pos = scrubbed.find(needle, scrubbed.index(b"\n", pos) + 1)
-        if not hits:
-            return []
-        hits.sort()
-        found: list[tuple[int, bytes, set]] = []
-        lines = block.split(b"\n") if escaped else None
-        line, last = 0, 0
-        for pos, needle in hits:
-            line += scrubbed.count(b"\n", last, pos)
-            last = pos
-            if found and found[-1][0] == line:
-                found[-1][2].update(self._markers_of[needle])
-                continue
-            if lines is not None:
-                raw = lines[line]
-            else:   # offsets in the scrubbed block are the block's own
-                raw = block[scrubbed.rfind(b"\n", 0, pos) + 1:block.index(b"\n", pos)]
-            found.append((line, raw, set(self._markers_of[needle])))
-        return found
-
-    def _match(self, raw: bytes, lineno: int, t, skip_prompts: bool, markers: set | None = None) -> list[Event]:
-        text, kt = clean(raw.decode("utf-8", errors="replace"))
+    def _match(self, raw: bytes, lineno: int, t, skip_prompts: bool, markers: set | None = None,
+               scrubbed: bool = False) -> list[Event]:
+        text, kt = clean_bytes(raw, scrubbed)
         if not text:
             return []
         found = []
         # Table order, so that the events of one line come out in a fixed order.
-        for marker in self.table if markers is None else [self.table[i] for i in sorted(markers)]:
+        table = self.table
+        if markers is not None:
+            table = [table[i] for i in (markers if len(markers) == 1 else sorted(markers))]
+        for marker in table:
             if skip_prompts and marker.prompt:
                 continue
             m = marker.regex.search(text)
@@ -214,12 +194,16 @@ class Reader:
 CHUNK = 1 << 20
 
 
-def read(data: bytes | str | BinaryIO) -> list[Event]:
+def read(data: bytes | str | BinaryIO, compact: bool = False) -> list[Event]:
     """Offline: a whole saved log, or a binary file read in CHUNK pieces (bounded memory), through the
-    same streaming code as a live console."""
-    reader = Reader()
+    same streaming code as a live console; compact: see Reader."""
+    reader = Reader(compact=compact)
     if isinstance(data, (bytes, str)):
         reader.feed(data)
+    elif hasattr(data, "readinto"):   # one buffer for every chunk: no new megabyte to fault in each time
+        buffer = bytearray(CHUNK)
+        while n := data.readinto(buffer):
+            reader.feed(buffer if n == CHUNK else buffer[:n])
     else:
         while chunk := data.read(CHUNK):
             reader.feed(chunk)

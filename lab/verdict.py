@@ -67,42 +67,49 @@ def capture_boots(events: list[Event]) -> list[bool]:
     token onto one of the next WRAP_LINES lines), if kdump markers appear in it, or if
     it follows a kexec hand-over or an unseen start after a panic with kdump loaded.
     """
-    segments: list[list[int]] = [[]]
+    # Enum members bound once: these loops run once per event, and class attribute lookups add up.
+    banner, firmware, panic, armed_kind, handover = G.KERNEL_BANNER, G.FIRMWARE, G.PANIC, G.KDUMP_ARMED, G.KEXEC_HANDOVER
+    cmdline, wrapped, dump_kinds = G.KERNEL_CMDLINE, G.CMDLINE_WRAPPED, (G.DUMP_SAVING, G.DUMP_SAVED, G.DUMP_FAILED)
+    bounds: list[int] = [0]   # where each boot's events start
     starts_capture: list[bool] = [False]
     panicked = armed = handed_over = False
     for i, e in enumerate(events):
-        new_boot = e.kind in (G.KERNEL_BANNER, G.FIRMWARE) or (e.kind == G.PANIC and panicked)
-        if new_boot:
-            segments.append([])
+        kind = e.kind
+        if kind == banner or kind == firmware or (kind == panic and panicked):
+            bounds.append(i)
             # Straight after a panic with kdump loaded, a kernel that started without firmware in between
             # is the kexec'd capture kernel, until its command line says otherwise.
-            starts_capture.append(e.kind != G.FIRMWARE and (handed_over or (panicked and armed)))
+            starts_capture.append(kind != firmware and (handed_over or (panicked and armed)))
             panicked = armed = handed_over = False
-        segments[-1].append(i)
-        panicked |= e.kind == G.PANIC
-        armed |= e.kind == G.KDUMP_ARMED
-        handed_over |= e.kind == G.KEXEC_HANDOVER
-    flags = [False] * len(events)
-    for members, capture in zip(segments, starts_capture):
+        if kind == panic:
+            panicked = True
+        elif kind == armed_kind:
+            armed = True
+        elif kind == handover:
+            handed_over = True
+    bounds.append(len(events))
+    flags: list[bool] = []
+    for n, capture in enumerate(starts_capture):
         cmdline_line = None
-        for i in members:
+        for i in range(bounds[n], bounds[n + 1]):
             e = events[i]
-            if e.kind == G.KERNEL_CMDLINE:
+            kind = e.kind
+            if kind == cmdline:
                 capture = bool(CAPTURE_CMDLINE.search(e.groups[0] if e.groups else e.text))
                 cmdline_line = e.line
-            elif e.kind == G.CMDLINE_WRAPPED and cmdline_line and 0 < e.line - cmdline_line <= WRAP_LINES:
+            elif kind == wrapped and cmdline_line and 0 < e.line - cmdline_line <= WRAP_LINES:
                 capture = True   # the same command line, wrapped
-            elif e.kind in (G.DUMP_SAVING, G.DUMP_SAVED, G.DUMP_FAILED):
+            elif kind in dump_kinds:
                 capture = True
-        for i in members:
-            flags[i] = capture
+        flags += [capture] * (bounds[n + 1] - bounds[n])
     return flags
 
 
+RESET_KINDS = (G.FIRMWARE, G.RESTART, H.LIBVIRT_RESET)
+
+
 def _is_reset(e: Event, capture: bool) -> bool:
-    if e.kind in (G.FIRMWARE, G.RESTART, H.LIBVIRT_RESET):
-        return True
-    return e.kind == G.KERNEL_BANNER and not capture
+    return e.kind in RESET_KINDS or (e.kind == G.KERNEL_BANNER and not capture)
 
 
 def derive(events: list[Event]) -> Verdict:
@@ -132,29 +139,33 @@ def _stages(events, flags, start, end) -> list[StageReached]:
         if name not in reached:
             reached[name] = StageReached(name, e.line, e.text, e.t, e.kt)
 
+    banner, armed, panic, cmdline = G.KERNEL_BANNER, G.KDUMP_ARMED, G.PANIC, G.KERNEL_CMDLINE
+    saving, saved, login = G.DUMP_SAVING, G.DUMP_SAVED, G.LOGIN_PROMPT
+    PANICKED, CAPTURE = Stage.PANICKED, Stage.CAPTURE_KERNEL_BOOTED
     reset_seen = False
     for i in range(start, end):
         e, capture = events[i], flags[i]
-        if e.kind == G.KERNEL_BANNER and not capture and not reset_seen and Stage.PANICKED not in reached:
+        kind = e.kind
+        if kind == banner and not capture and not reset_seen and PANICKED not in reached:
             mark(Stage.BOOTED, e)
-        elif e.kind == G.KDUMP_ARMED and not capture:
+        elif kind == armed and not capture:
             mark(Stage.ARMED, e)   # also from the panic's own "Kdump: loaded" line
-        elif e.kind == G.PANIC and not capture:
-            mark(Stage.PANICKED, e)
-        elif e.kind in (G.KERNEL_BANNER, G.KERNEL_CMDLINE) and capture:
-            mark(Stage.CAPTURE_KERNEL_BOOTED, e)   # a log may start at the capture kernel's command line
-        elif e.kind == G.DUMP_SAVING:
-            mark(Stage.CAPTURE_KERNEL_BOOTED, e)
+        elif kind == panic and not capture:
+            mark(PANICKED, e)
+        elif (kind == banner or kind == cmdline) and capture:
+            mark(CAPTURE, e)   # a log may start at the capture kernel's command line
+        elif kind == saving:
+            mark(CAPTURE, e)
             mark(Stage.DUMP_SAVING, e)
-        elif e.kind == G.DUMP_SAVED:
+        elif kind == saved:
             mark(Stage.DUMP_SAVED, e)
-        elif _is_reset(e, capture) and (Stage.PANICKED in reached or Stage.CAPTURE_KERNEL_BOOTED in reached):
+        elif _is_reset(e, capture) and (PANICKED in reached or CAPTURE in reached):
             mark(Stage.RESET, e)
             reset_seen = True
-        elif e.kind == G.LOGIN_PROMPT and reset_seen:
+        elif kind == login and reset_seen:
             mark(Stage.BACK_AT_LOGIN, e)
-        if capture and Stage.PANICKED in reached and not reset_seen:
-            mark(Stage.CAPTURE_KERNEL_BOOTED, e)   # a capture kernel whose banner the log does not show
+        if capture and PANICKED in reached and not reset_seen:
+            mark(CAPTURE, e)   # a capture kernel whose banner the log does not show
     return sorted(reached.values(), key=lambda s: s.name.order)
 
 
@@ -162,16 +173,21 @@ def _pre_panic_stages(events, flags) -> list[list[StageReached]]:
     """For each event: the booted/armed stages of the boot it belongs to, up to it (one pass; a log of
     thousands of panics must not rescan its boot for each one). The boot starts at the last non-capture
     kernel or firmware banner; it is `booted` only if that banner is a kernel's."""
+    banner, firmware, armed_kind = G.KERNEL_BANNER, G.FIRMWARE, G.KDUMP_ARMED
     out: list[list[StageReached]] = []
     booted: StageReached | None = None
     armed: StageReached | None = None
+    current: list[StageReached] = []   # shared by the events of one stretch: read, never changed
     for i, e in enumerate(events):
-        out.append([s for s in (booted, armed) if s])
-        if e.kind in (G.KERNEL_BANNER, G.FIRMWARE) and not flags[i]:
-            booted = StageReached(Stage.BOOTED, e.line, e.text, e.t, e.kt) if e.kind == G.KERNEL_BANNER else None
+        out.append(current)
+        kind = e.kind
+        if (kind == banner or kind == firmware) and not flags[i]:
+            booted = StageReached(Stage.BOOTED, e.line, e.text, e.t, e.kt) if kind == banner else None
             armed = None
-        elif e.kind == G.KDUMP_ARMED and not flags[i] and armed is None:
+            current = [s for s in (booted, armed) if s]
+        elif kind == armed_kind and not flags[i] and armed is None:
             armed = StageReached(Stage.ARMED, e.line, e.text, e.t, e.kt)
+            current = [s for s in (booted, armed) if s]
     return out
 
 
@@ -289,7 +305,7 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
 
 def classify(log) -> Verdict:
     """A saved log (bytes, text or a binary stream) to its verdict."""
-    return derive(read(log))
+    return derive(read(log, compact=True))   # the same verdict as from every event, in bounded memory
 
 
 def classify_saved(stream) -> tuple[Verdict, dict | None]:

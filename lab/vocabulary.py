@@ -28,7 +28,10 @@ class Stage(StrEnum):
 
     @property
     def order(self) -> int:
-        return list(Stage).index(self)
+        return _STAGE_ORDER[self]
+
+
+_STAGE_ORDER = {s: n for n, s in enumerate(Stage)}   # looked up per stage reached: not a list search each time
 
 
 NO_STAGE = "none"   # the log shows no stage at all

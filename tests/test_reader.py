@@ -77,13 +77,13 @@ def _brute_force(data: bytes) -> list[tuple[str, int]]:
 
 def _logs():
     from conftest import CORPUS, ROOT
-    paths = sorted((ROOT / "tests" / "transcripts").glob("*.log"))
+    paths = sorted((ROOT / "tests" / "transcripts").glob("*.log")) + sorted((ROOT / "tests" / "corpus").glob("*.log"))
     if CORPUS.exists():
         paths += sorted(CORPUS.glob("*.log"))
     return paths
 
 
-def test_needle_prefilter_finds_exactly_what_brute_force_finds():
+def test_prefilter_finds_exactly_what_brute_force_finds():
     logs = _logs()
     assert logs
     for path in logs:
@@ -92,13 +92,82 @@ def test_needle_prefilter_finds_exactly_what_brute_force_finds():
         assert got == _brute_force(data), path.name
 
 
-def test_every_marker_has_needles_that_its_matches_contain():
+def test_prefilter_flags_every_line_each_marker_matches():
+    """Per marker, not per line: a line picked out for the wrong marker would hide a miss above."""
     from lab import markers
-    for m in markers.ALL:
-        assert m.needles, m.regex.pattern
+    from lab.prefilter import Prefilter
+    prefilter = Prefilter([m.regex.pattern for m in markers.ALL], 1 << 16)
     for path in _logs():
-        for raw in path.read_bytes().decode("utf-8", errors="replace").split("\n"):
+        data = path.read_bytes()
+        data += b"" if data.endswith(b"\n") else b"\n"
+        flagged = {index: ids for index, _, _, ids in prefilter.candidates(data)[0]}
+        for index, raw in enumerate(data.decode("utf-8", errors="replace").split("\n")[:-1]):
             text, _ = clean(raw)
-            for m in markers.ALL:
+            for i, m in enumerate(markers.ALL):
                 if m.regex.search(text):
-                    assert any(n in text for n in m.needles), (m.regex.pattern, text)
+                    assert i in flagged.get(index, ()), (path.name, index + 1, m.regex.pattern, text)
+
+
+def test_prefilter_edge_cases_match_brute_force():
+    """What the rewriting must get right: Unicode digits and spaces, ANSI inside a marker, an ESC that
+    cuts a UTF-8 character, controls and CRs inside a line, a marker at the end of a long line."""
+    log = ("Rebooting in \u0665 seconds..\n"                      # Arabic-Indic digit: \d in Python
+           "[\u00a0\u00a0 1.0] Kernel panic - not syncing: x\n"  # NBSP before the timestamp
+           "Kern\x1b[1mel panic - not\x1b[0m syncing: y\n"       # ANSI inside the words
+           "rcu: INFO: rcu_pr\u00e9empt detected stalls on CPU\n"
+           "Linux version 6.\u0661 (x\n").encode()
+    log += b"caf\xc3\x1b[0m\xa9 reboot: Restarting system\n"     # an ESC cutting an e-acute
+    log += b"reboot:\x00Restarting system\rreboot: System halted\r\r\n"
+    log += b"\xff\xfe kdump-tools: saved vmcore in /var\n"
+    log += b"x" * 70_000 + b" Kernel panic - not syncing: long\n"
+    assert [(e.kind, e.line) for e in read(log)] == _brute_force(log)
+    assert len(read(log)) >= 7
+
+
+def test_prefilter_refuses_what_it_cannot_rewrite():
+    import pytest
+    from lab.prefilter import Unsupported, hs_pattern
+    for pattern in (r"(a)\1", r"(?i)panic", r"\x41", r"a{", r"[\u00e9]"):
+        with pytest.raises(Unsupported):
+            hs_pattern(pattern)
+    # Anchors and the optional tail go; a space may be any control byte, which clean() makes a space.
+    assert hs_pattern(r"^Kernel panic(?: - (.*))?$") == r"Kernel[\x20\x00-\x08\x0b-\x1f\x7f]panic"
+    # A negated class matches the space a control byte becomes, whatever it excludes.
+    assert hs_pattern("[^\x07]x") == "(?:[^\x07]|[\\x00-\\x08\\x0b-\\x1f\\x7f]|[\\x80-\\xff]+)x"
+
+
+def _marker_lines() -> list[bytes]:
+    """Lines of the logs that hold a marker: the material the fuzz test below mutates."""
+    from lab import markers
+    lines = set()
+    for path in _logs():
+        for raw in path.read_bytes().split(b"\n"):
+            text, _ = clean(raw.decode("utf-8", errors="replace"))
+            if any(m.regex.search(text) for m in markers.ALL):
+                lines.add(raw[:300])
+    return sorted(lines)
+
+
+# Bytes that clean() or UTF-8 decoding treat specially, put anywhere in a marker line, even inside a word.
+NOISE = [b"\x00", b"\r", b"\t", b"\x1b", b"\x1b[0m", b"\x1b[0;32m", b"\x1b]0;t\x07", b"\xc3\xa9", b"\xc3", b"\xa9",
+         b"\xff", b"\xc2\xa0", b"\xd9\xa5", b"\xe2\x80\xa6", b"\x7f", b"[", b"]", b" ", b"  ", b"5", b"\n"]
+
+
+def test_prefilter_equals_brute_force_on_mutated_marker_lines():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    lines = _marker_lines()
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(st.lists(st.tuples(st.sampled_from(lines),
+                              st.lists(st.tuples(st.integers(0, 400), st.sampled_from(NOISE)), max_size=4)),
+                    min_size=1, max_size=6))
+    def check(picked):
+        log = b""
+        for line, edits in picked:
+            for at, noise in sorted(edits, reverse=True):
+                line = line[:at] + noise + line[at:]
+            log += line + b"\n"
+        assert [(e.kind, e.line) for e in read(log)] == _brute_force(log)
+
+    check()

@@ -1,0 +1,70 @@
+"""Offline, the reader keeps only what a verdict can read (transcript.RUN_KEEP): the verdict, its stages
+and its evidence must be exactly those from every event, and memory must not grow with a log that
+repeats one marker line."""
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lab.transcript import RUN_KEEP, Reader, read
+from lab.verdict import classify, derive
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _logs():
+    from conftest import CORPUS
+    paths = sorted((ROOT / "tests" / "corpus").glob("*.log")) + sorted((ROOT / "tests" / "transcripts").glob("*.log"))
+    return paths + (sorted(CORPUS.glob("*.log")) if CORPUS.exists() else [])
+
+
+def same_verdict(log: bytes) -> None:
+    assert derive(read(log, compact=True)).to_json() == derive(read(log)).to_json()
+
+
+def test_every_log_gets_the_same_verdict_compacted():
+    for path in _logs():
+        same_verdict(path.read_bytes())
+
+
+# Lines that drive the rules, each of which a log may repeat many times in a row.
+LINES = [
+    b"Linux version 6.1.0-13-amd64 (debian-kernel@lists.debian.org) (gcc-12)",
+    b"Command line: BOOT_IMAGE=/vmlinuz root=/dev/sda1 crashkernel=256M",
+    b"Command line: BOOT_IMAGE=/vmlinuz irqpoll nr_cpus=1 reset_devices elfcorehdr=0x3f000000",
+    b"Command line: BOOT_IMAGE=/vmlinuz irqpoll nr_cpus=1",
+    b"  elfcorehdr=867700K",
+    b"kdump-tools[600]: Starting kdump-tools: loaded kdump kernel.",
+    b"sysrq: Trigger a crash",
+    b"Kernel panic - not syncing: sysrq triggered crash",
+    b"---[ end Kernel panic - not syncing: sysrq triggered crash ]---",
+    b"Rebooting in 5 seconds..",
+    b"reboot: Restarting system",
+    b"SeaBIOS (version 1.16.2-debian-1.16.2-1)",
+    b"kdump-tools[250]: kdump-tools: saving vmcore",
+    b"kdump-tools: saved vmcore in /var/crash/202601010000",
+    b"kdump-tools: failed to save vmcore",
+    b"hv_storvsc vmbus_0_1: cmd 0x28 scsi status 0x2 srb status 0x4 time out",
+    b"BUG: soft lockup - CPU#0 stuck for 22s! [kworker/0:1:12]",
+    b"Gave up waiting for root file system device.",
+    b"(initramfs) ",
+    b"debian login: ",
+    b"reboot: System halted",
+    b"some other console line",
+]
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.lists(st.tuples(st.sampled_from(LINES), st.integers(min_value=1, max_value=3 * RUN_KEEP)),
+                min_size=1, max_size=25))
+def test_runs_of_any_marker_give_the_same_verdict_compacted(runs):
+    same_verdict(b"".join(line + b"\n" for line, times in runs for _ in range(times)))
+
+
+def test_a_repeated_marker_line_keeps_a_bounded_list():
+    reader = Reader(compact=True)
+    for _ in range(50):
+        reader.feed(b"Rebooting in 5 seconds..\n" * 1000)
+    reader.close()
+    assert reader.lines == 50_000 and len(reader.events) == RUN_KEEP + 1
+    assert classify(b"Rebooting in 5 seconds..\n" * 5000).verdict == "unknown"   # no panic in it
