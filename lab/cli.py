@@ -160,7 +160,8 @@ def _cmd_classify(args) -> int:
         print(json.dumps(outputs if len(outputs) > 1 else outputs[0], indent=2))
     else:
         for out in outputs:
-            print(f"{out['file']}: {out['verdict']} (stage {out['stage']}): {out['diagnosis']}")
+            how = f", {out['confidence']} by {out['rule']}" if out["confidence"] else f", {out['rule']}"
+            print(f"{out['file']}: {out['verdict']} (stage {out['stage']}{how}): {out['diagnosis']}")
             if "label" in out:
                 print(f"    labelled {out['label']['verdict']} (stage {out['label']['stage']}) in its header")
             for ev in out["evidence"]:

@@ -24,7 +24,8 @@ HYPERV_LINE = "Microsoft Hyper-V"
 # 3: adds verdict_t and decided_by (when and why the watch ended: early verdicts, lab/settle.py); vmcore
 # is now the host's check of the dump (lab/vmcore.py): check, count, format, size, filesystem, the panic
 # lines compared. The guest's own count (version 2's vmcore) is vmcore.in_guest, with wait_for_login only.
-# kept (--keep): the guest left running and the commands that reach it.
+# kept (--keep): the guest left running and the commands that reach it. confidence: certain | likely
+# (lab/verdict.py Verdict.confidence; certain when a settle rule decided), null for unknown.
 REPORT_VERSION = 3
 
 
@@ -126,6 +127,12 @@ class RunReport:
         # A run the host or the lab cut short has no guest verdict: the console stopped for reasons of ours.
         return None if self.cut_short else self.verdict.verdict
 
+    def _confidence(self) -> str | None:
+        if self.outcome is None or self.outcome == "unknown":
+            return None
+        settled = (self.decided.get("by") or {}).get("kind") == "settled"
+        return "certain" if settled else self.verdict.confidence   # a settle rule used the guest's pre-flight
+
     def to_json(self) -> dict:
         v, expected = self.verdict, self.scenario.expect
         diagnosis = (f"{self.cut_short['by']} error, run cut short: {self.cut_short['why']}" if self.cut_short
@@ -133,7 +140,7 @@ class RunReport:
         return {
             "report_version": REPORT_VERSION,
             "run_id": self.run_id, "scenario": dataclasses.asdict(self.scenario), "verdict": self.outcome,
-            "stage": v.stage, "diagnosis": diagnosis, "rule": v.rule,
+            "stage": v.stage, "diagnosis": diagnosis, "rule": v.rule, "confidence": self._confidence(),
             "verdict_t": self.decided.get("verdict_t"), "decided_by": self.decided.get("by"), "kept": self.kept,
             "stages": [dataclasses.asdict(s) for s in v.stages],
             "evidence": [{"line": e.line, "text": e.text, "event": e.kind, "t": e.t} for e in v.evidence],

@@ -49,9 +49,21 @@ class Verdict:
     rule: str = ""
     earlier: list["Verdict"] = field(default_factory=list)
 
+    @property
+    def confidence(self) -> str | None:
+        """certain: the log itself shows the outcome (a saved vmcore, a reset, a halt); likely: read from
+        where the log stops (an announced reboot, a stuck state, the end of a panic, a stall deadline);
+        None for unknown. A live run settled by lab/settle.py is certain: the report says so."""
+        if self.verdict == Outcome.UNKNOWN:
+            return None
+        if self.rule in ("R1", "R2") or (self.rule == "R4" and any(e.kind == G.HALTED for e in self.evidence)):
+            return "certain"
+        return "likely"
+
     def to_json(self) -> dict:
         return {
             "verdict": self.verdict, "stage": self.stage, "diagnosis": self.diagnosis, "rule": self.rule,
+            "confidence": self.confidence,
             "stages": [vars(s) for s in self.stages],
             "evidence": [{"line": e.line, "text": e.text, "event": e.kind, "t": e.t} for e in self.evidence],
             "earlier_cycles": [c.to_json() for c in self.earlier],

@@ -5,7 +5,9 @@ Tiers (markers, pyproject.toml):
   libvirt   talks to libvirtd, boots nothing (seconds)
   live      boots real guests (minutes each)
 """
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,6 +88,62 @@ def pytest_report_collectionfinish(config):
     left_out = getattr(config, "_lab_left_out", None)
     if left_out:
         return f"live scenarios left to make test-scenarios (--all-scenarios): {', '.join(left_out)}"
+
+
+# test_matrix.py's scenario file: the other panic triggers, two runs of one invocation side by side.
+TRIGGER_MATRIX = """
+[[scenario]]
+base = "panic-reboot"
+name = "trigger"
+vcpus = 2
+expect = "reboot"
+
+[matrix]
+trigger = ["nmi", "cpu:1"]
+"""
+
+
+class Invocation:
+    """One finished `lab run … --json`: exit code, reports, stderr, and its results folder."""
+
+    def __init__(self, proc: subprocess.Popen, out: str, err: str):
+        self.returncode, self.stderr = proc.returncode, err
+        self.reports = json.loads(out) if proc.returncode in (0, 1) and out.strip() else []
+        found = re.search(r"results in (\S+)", err)
+        self.folder = Path(found.group(1)) if found else None
+
+
+@pytest.fixture(scope="session")
+def side_by_side(tmp_path_factory):
+    """Two `lab run` invocations started at one moment on one host, as two developers would: the
+    trigger matrix (two runs at once; test_matrix.py) and one panic-reboot (test_isolation.py checks
+    that the three runs kept apart). One results root and one scratch root for both; three guests on
+    this host's two cores, which the deadlines must take."""
+    tmp = tmp_path_factory.mktemp("side-by-side")
+    (tmp / "triggers.toml").write_text(TRIGGER_MATRIX)
+    env = dict(os.environ, LAB_WORK_DIR=str(tmp / "work"), LAB_RESULTS_DIR=str(tmp / "results"))
+    procs = [spawn_lab("run", str(tmp / "triggers.toml"), "--parallel", "2", "--json", env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+             spawn_lab("run", "panic-reboot", "--json", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    matrix, single = (Invocation(p, *p.communicate(timeout=1200)) for p in procs)
+    return tmp, matrix, single
+
+
+@pytest.fixture(scope="session")
+def kdump_snapshot():
+    """The kdump scenario's ready-to-panic snapshot, made now if there is none (test_faults.py restores
+    it for the points past the panic, test_snapshot.py for a repeat)."""
+    import time
+    from lab import accel, host, image, lifecycle, progress
+    from lab import scenario as sc
+    conn = host.connect()
+    try:
+        img = image.ensure(image.DEFAULT)
+        found = accel.detect(conn, lambda: str(img.kernel))
+        say = progress.Reporter("snapshot", progress.sink_for(sys.stderr), time.monotonic())
+        return lifecycle.make_snapshot(conn, sc.resolve("kdump"), img, found, say, 900)
+    finally:
+        host.disconnect(conn)
 
 
 @pytest.fixture

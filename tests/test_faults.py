@@ -88,21 +88,6 @@ def _layout_of_a_machine_that_ran_the_lab(env: dict) -> None:
                    cwd=ROOT, env=env, check=True)
 
 
-@pytest.fixture(scope="module")
-def kdump_snapshot():
-    """The kdump scenario's ready-to-panic snapshot, made now if there is none."""
-    from lab import accel, image, lifecycle, progress
-    from lab import scenario as sc
-    conn = host.connect()
-    try:
-        img = image.ensure(image.DEFAULT)
-        found = accel.detect(conn, lambda: str(img.kernel))
-        say = progress.Reporter("fault-tests", progress.sink_for(sys.stderr), time.monotonic())
-        return lifecycle.make_snapshot(conn, sc.resolve("kdump"), img, found, say, 900)
-    finally:
-        host.disconnect(conn)
-
-
 @pytest.fixture
 def fresh_cache(tmp_path):
     """A cache without the image (the lab makes and marks the folder itself, then `images/` is there as on

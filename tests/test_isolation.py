@@ -3,7 +3,6 @@
 The build lock is shown on a tiny recipe (the real one takes two minutes; `make image` and the fault
 tests' build points run it), the rest on two real guests.
 """
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 from junitparser import JUnitXml
 
-from conftest import ROOT, spawn_lab
+from conftest import ROOT
 from lab import image, paths
 
 TINY_RECIPE = """#!/bin/sh
@@ -47,24 +46,23 @@ def test_two_invocations_that_both_need_a_new_image_build_it_once(tmp_path, monk
 
 
 @pytest.mark.live
-def test_two_runs_at_once_do_not_collide(tmp_path):
-    env = dict(os.environ, LAB_WORK_DIR=str(tmp_path / "work"), LAB_RESULTS_DIR=str(tmp_path / "results"))
-    labs = [spawn_lab("run", "panic-reboot", "--json", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for _ in range(2)]
-    outputs = [lab.communicate(timeout=900) for lab in labs]
-    for lab, (out, err) in zip(labs, outputs):
-        assert lab.returncode == 0, err[-2000:]
-    reports = [json.loads(out)[0] for out, _ in outputs]
-    assert reports[0]["run_id"] != reports[1]["run_id"]
+def test_two_invocations_at_once_keep_their_runs_apart(side_by_side):
+    """A two-run matrix and a single run, started together (conftest.side_by_side): one results root,
+    one scratch root, and nothing shared but the image."""
+    tmp, matrix, single = side_by_side
+    for done in (matrix, single):
+        assert done.returncode == 0, done.stderr[-2000:]
+    reports = matrix.reports + single.reports
+    assert len(reports) == 3 and len({r["run_id"] for r in reports}) == 3
     assert all(r["verdict"] == "reboot" for r in reports), [r["diagnosis"] for r in reports]
     folders = {Path(r["artifacts"]["dir"]) for r in reports}
-    assert len(folders) == 2 and all(f.parent.parent == tmp_path / "results" for f in folders)
-    assert len({f.parent for f in folders}) == 2   # each invocation has its own results folder
-    assert reports[0]["image"]["key"] == reports[1]["image"]["key"]
-    # both runs' scratch is gone; the marked folder that held it stays
-    assert [p.name for p in (tmp_path / "work" / "panic-lab").iterdir()] == [paths.MARK]
+    assert len(folders) == 3 and all(f.parent.parent == tmp / "results" for f in folders)
+    assert {f.parent for f in folders} == {matrix.folder, single.folder} and matrix.folder != single.folder
+    assert len({r["image"]["key"] for r in reports}) == 1
+    # every run's scratch is gone; the marked folder that held it stays
+    assert [p.name for p in (tmp / "work" / "panic-lab").iterdir()] == [paths.MARK]
     for folder in folders:   # the seed's user-data holds the guest's root password
         assert (folder / "user-data").stat().st_mode & 0o077 == 0
-    for suite_file in (tmp_path / "results").glob("*/junit.xml"):   # a real run's console, escapes and all
-        suite = next(iter(JUnitXml.fromfile(str(suite_file))))
-        assert [case.name for case in suite] == [r["run_id"] for r in reports if r["artifacts"]["dir"].startswith(str(suite_file.parent))]
+    for done in (matrix, single):   # each invocation's junit.xml names its own runs, a real console in each
+        suite = next(iter(JUnitXml.fromfile(str(done.folder / "junit.xml"))))
+        assert [case.name for case in suite] == [r["run_id"] for r in done.reports]

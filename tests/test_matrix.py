@@ -1,5 +1,6 @@
 """A scenario file with a matrix, two runs at once, on real guests: the other panic triggers, the
-results folder (summary.json, junit.xml, one folder per run) and the exit code."""
+results folder (summary.json, junit.xml, one folder per run) and the exit code. It runs beside a
+second invocation (conftest.side_by_side), which test_isolation.py checks it kept apart from."""
 import json
 import re
 import subprocess
@@ -8,36 +9,23 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from conftest import ROOT, run_lab
+from conftest import ROOT
 from lab.vocabulary import HostEvent
 
 pytestmark = pytest.mark.live
 
-MATRIX = """
-[[scenario]]
-base = "panic-reboot"
-name = "trigger"
-vcpus = 2
-expect = "reboot"
-
-[matrix]
-trigger = ["nmi", "cpu:1"]
-"""
-
 
 @pytest.fixture(scope="module")
-def matrix_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("matrix")
-    (tmp / "triggers.toml").write_text(MATRIX)
-    done = run_lab("run", str(tmp / "triggers.toml"), "--parallel", "2", "--results", str(tmp / "results"),
-                   text=True, timeout=900)
-    (folder,) = (tmp / "results").iterdir()
-    return done, folder
+def matrix_run(side_by_side):
+    """The trigger matrix (conftest.TRIGGER_MATRIX), run beside another invocation."""
+    _, matrix, _ = side_by_side
+    return matrix, matrix.folder
 
 
 def test_a_matrix_runs_side_by_side_and_reports(matrix_run):
     done, folder = matrix_run
     assert done.returncode == 0, done.stderr[-3000:]
+    assert folder.parent.name == "results"
     assert "2 run(s), 2 at a time" in done.stderr
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["all_expectations_held"] and summary["parallel"] == 2

@@ -44,3 +44,12 @@ def test_accuracy_and_stage_floors():
     # with nine more logs and Broadcom's CFE banner as firmware: never lower.
     assert right >= 62, f"only {right} of {len(FILES)} verdicts right"
     assert stages >= 57, f"only {stages} of {len(FILES)} stages right"
+
+
+def test_no_certain_verdict_is_wrong():
+    """certain = the log shows the outcome itself (a saved vmcore, a reset, a halt): never wrong."""
+    certain = [p for p in FILES if outcome(p)[1].confidence == "certain"]
+    wrong = [p.name for p in certain if outcome(p)[1].verdict != outcome(p)[0].verdict]
+    assert not wrong, wrong
+    assert len(certain) >= 10, f"only {len(certain)} certain verdicts"   # 10 of 68 when confidence came in
+    assert all(outcome(p)[1].confidence is None for p in FILES if outcome(p)[1].verdict == "unknown")

@@ -36,15 +36,17 @@ def test_a_restore_gets_its_own_disk_and_owner():
 
 @pytest.mark.live
 @pytest.mark.lab(scenario="kdump")
-def test_snapshot_repeats_agree_with_a_cold_run(lab_run, lab_results):
-    cold = lab_run.report
-    repeats = [runner.run(sc.resolve("kdump"), lab_results, snapshot=True).to_json() for _ in range(2)]
-    for r in repeats:
-        assert r["cut_short"] is None, r["cut_short"]
-        assert (r["verdict"], r["stage"]) == (cold["verdict"], cold["stage"]), r["diagnosis"]
-        assert r["snapshot"]["clock"]["resynchronised"] is True
-        assert r["preflight"]["kexec_crash_loaded"] == "1"   # re-checked after the restore
-        assert r["vmcore"]["count"] == 1                      # its own disk: one dump, not two
-        assert HostEvent.RESTORED in [e["kind"] for e in r["host_events"]]
-    assert repeats[0]["snapshot"]["key"] == repeats[1]["snapshot"]["key"]
-    assert repeats[0]["run_id"] != repeats[1]["run_id"]
+def test_a_snapshot_repeat_agrees_with_a_cold_run_and_leaves_the_snapshot_as_it_was(lab_run, lab_results, kdump_snapshot):
+    cold, snap, kdump = lab_run.report, kdump_snapshot, sc.resolve("kdump")
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in snap.folder.iterdir()}
+    r = runner.run(kdump, lab_results, snapshot=True).to_json()
+    assert r["cut_short"] is None, r["cut_short"]
+    assert (r["verdict"], r["stage"]) == (cold["verdict"], cold["stage"]), r["diagnosis"]
+    assert r["snapshot"]["key"] == snap.folder.name and r["run_id"] != cold["run_id"]
+    assert r["snapshot"]["clock"]["resynchronised"] is True
+    assert r["preflight"]["kexec_crash_loaded"] == "1"   # re-checked after the restore
+    assert HostEvent.RESTORED in [e["kind"] for e in r["host_events"]]
+    # Its own disk: one dump on it, and the snapshot (saved state and disk) untouched for the next repeat.
+    assert r["vmcore"]["count"] == 1
+    after = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in snap.folder.iterdir()}
+    assert after == before and {"state.save", "ready.json"} <= set(after)

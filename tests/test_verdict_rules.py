@@ -139,3 +139,21 @@ def test_a_log_that_starts_at_the_capture_kernel_s_command_line_is_in_the_captur
     v = verdict_of(b"[ 0.0] Kernel command line: elfcorehdr=0x22c00000 irqpoll maxcpus=1 reset_devices panic=10\n"
                    b"[ 7.7] virtio_blk virtio2: [vda] 20971520 512-byte logical blocks\n")
     assert v.stage == "capture_kernel_booted"
+
+
+def test_confidence_is_certain_only_where_the_log_shows_the_outcome():
+    shown = {
+        "saved vmcore": FIRST + PANIC + CAPTURE + b"kdump-tools[250]: kdump-tools: saved vmcore in /var/crash/1.\n",
+        "a reset": FIRST + PANIC + b"[ 45.0] reboot: Restarting system\nSeaBIOS (version 1.16.2-debian)\n",
+        "a halt": FIRST + PANIC + END + b"Reboot failed -- System halted\n",
+    }
+    read_from_where_it_stops = {
+        "an announced reboot": FIRST + PANIC + b"[ 40.2] Rebooting in 5 seconds..\n",
+        "the end of a panic": FIRST + PANIC + END,
+    }
+    for why, log in shown.items():
+        assert verdict_of(log).confidence == "certain", why
+    for why, log in read_from_where_it_stops.items():
+        assert verdict_of(log).confidence == "likely", why
+    cut = verdict_of(FIRST + PANIC)
+    assert (cut.verdict, cut.confidence, cut.to_json()["confidence"]) == ("unknown", None, None)
