@@ -169,6 +169,14 @@ def _cmd_classify(args) -> int:
     return 0
 
 
+def _cmd_vmcore(args) -> int:
+    from . import results
+    root = Path(args.results) if args.results else paths.results_dir()
+    for line in results.vmcore_opened(args.run, root, args.lines):
+        print(line)
+    return 0
+
+
 def _cmd_images(args) -> int:
     from . import image
     if args.action == "build":
@@ -243,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("scenarios", help="the built-in scenarios: name, profile, expected verdict, what each shows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_scenarios)
+    p = sub.add_parser("vmcore", help="a finished dump run's vmcore: where it is, its panic line, the end of its dmesg")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--lines", type=int, default=25, help="lines of the crashed kernel's log to print (default 25)")
+    p.add_argument("--results", metavar="DIR", help="where the runs are (default: LAB_RESULTS_DIR or ./results)")
+    p.set_defaults(fn=_cmd_vmcore)
     p = sub.add_parser("classify", help="classify saved serial logs (or stdin) into a verdict")
     p.add_argument("files", nargs="*", metavar="FILE")
     p.add_argument("--json", action="store_true")

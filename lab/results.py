@@ -1,12 +1,14 @@
 """Stage 6 for a set of runs: summary.json (rates, percentiles), junit.xml, report.html and the table
-printed at the end of `lab run`, made from the runs' report.json form."""
+printed at the end of `lab run`, made from the runs' report.json form; and a finished run's vmcore,
+read back from its folder (`lab vmcore RUN`)."""
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
 
-from .errors import HostError
+from . import vmcore
+from .errors import HostError, InputError
 from .vocabulary import HostEvent, Stage
 
 
@@ -204,3 +206,29 @@ def table(reports: list[dict]) -> str:
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     return "\n".join(lines)
+
+
+def vmcore_opened(run_id: str, results: Path, lines: int = 25) -> list[str]:
+    """`lab vmcore RUN`: what the host's check found in a finished run's folder, and the end of the
+    crashed kernel's log (extracted with makedumpfile --dump-dmesg, no debug symbols needed)."""
+    folders = sorted(results.glob(f"*/{run_id}/report.json")) if re.fullmatch(r"[a-z0-9-]+", run_id) else []
+    if not folders:
+        raise InputError("vmcore", f"no finished run {run_id!r} under {results} (a run id, as report.json names it)")
+    report = json.loads(folders[-1].read_text())
+    found, folder = report.get("vmcore"), folders[-1].parent
+    if not found or not found.get("file"):
+        why = (found or {}).get("why") or "no capture kernel ran"
+        raise InputError("vmcore", f"run {run_id} has no vmcore (verdict {report.get('verdict')}): {why}")
+    dmesg = (folder / found["dmesg"]).read_text(errors="replace").splitlines() if found.get("dmesg") else []
+    out = [f"vmcore: {folder / found['file']} ({found['size'] / 2**20:.1f} MiB {found['format']} as saved at "
+           f"{found['guest_path']}; check {found['check']})",
+           f"panic line: {found['dump_panic'] or '(none in the dump)'}; the console's "
+           f"{'matches' if found.get('panic_lines_match') else 'differs'}"]
+    if dmesg:
+        # From the panic on (its call trace, as the crashed kernel logged it), else the last lines.
+        panics = [i for i, line in enumerate(dmesg) if vmcore.PANIC_TEXT.search(line)]
+        start = max(0, panics[-1] - 1) if panics else max(0, len(dmesg) - lines)
+        shown = dmesg[start:start + lines]
+        out += [f"the crashed kernel's log, lines {start + 1}-{start + len(shown)} of {len(dmesg)} "
+                f"({folder / found['dmesg']}):", *shown]
+    return out

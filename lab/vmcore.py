@@ -182,3 +182,4 @@ def check(disk: Path, scratch: Path, folder: Path, console_panic: str, expected:
 
 def missing_tools() -> list[str]:
     return [t for t in TOOLS if shutil.which(t) is None]
+

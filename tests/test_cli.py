@@ -104,3 +104,13 @@ def test_another_kernel_is_a_derived_image_of_the_same_recipe_keyed_by_the_packa
     keys = [line.split("(", 1)[1].split(")", 1)[0] for line in (own, backports, first, second)]
     assert len(set(keys)) == 4, keys
     assert not (tmp_path / "cache").exists()
+
+
+def test_lab_vmcore_names_what_is_missing_in_one_line(tmp_path):
+    run = tmp_path / "lab-1" / "panic-hang-1"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text(json.dumps({"run_id": "panic-hang-1", "verdict": "hang", "vmcore": None}))
+    for args, words in ((["nope"], "no finished run 'nope' under"), (["panic-hang-1"], "run panic-hang-1 has no vmcore (verdict hang)"),
+                        (["../../etc"], "no finished run")):
+        done = lab("vmcore", *args, "--results", str(tmp_path))
+        assert done.returncode == 2 and done.stderr.decode().count("\n") == 1 and words in done.stderr.decode(), done.stderr

@@ -5,6 +5,7 @@ every test below reads its report, transcript and vmcore check.
 """
 import pytest
 
+from conftest import run_lab
 from lab import host, paths
 from lab import scenario as sc
 from lab.vocabulary import HostEvent as H
@@ -111,6 +112,10 @@ def test_the_vmcore_is_read_from_the_disk_on_the_host_and_is_this_run_s(report, 
     assert (folder / vmcore["file"]).read_bytes()[:8] == b"KDUMP   "   # rebuilt by makedumpfile -R
     assert vmcore["console_panic"] in (folder / vmcore["dmesg"]).read_text()
     assert vmcore["sound"] is True, vmcore["fsck"]
+    # `lab vmcore RUN`: the crashed kernel's own call trace, from the dump, with no debug symbols.
+    shown = run_lab("vmcore", report["run_id"], "--results", str(folder.parent.parent), text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "sysrq_handle_crash" in shown.stdout and vmcore["console_panic"] in shown.stdout
 
 
 @scenarios("panic-reboot", "hyperv-panic-reboot")
