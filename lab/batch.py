@@ -29,7 +29,10 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.st
     """Every repeat of every scenario, `parallel` at a time. Returns one report per run, in order, as
     report.json has it (the invocation's summary, junit.xml and report.html are made from that)."""
     for name, kernel in dict.fromkeys((s.image, s.kernel) for s in scenarios):
-        image_mod.ensure(name, log=log, kernel=kernel)   # built once, here, before any run needs it
+        try:
+            image_mod.ensure(name, log=log, kernel=kernel)   # built once, here, before any run needs it
+        except LabError as exc:   # only the runs on this image fail (each as its own host error), not the batch
+            print(f"lab: {exc}; the runs that need it will fail", file=log, flush=True)
     runs = [s for s in scenarios for _ in range(s.repeat)]
     ledger = budget.Ledger()
     log = Board(log) if len(runs) > 1 else sink_for(log)

@@ -140,22 +140,19 @@ def _cmd_stop(args) -> int:
 
 
 def _cmd_classify(args) -> int:
-    from . import verdict
+    from . import recorded
     outputs = []
     sources = args.files or ["-"]
     for name in sources:
         if name == "-":
-            v = verdict.classify(sys.stdin.buffer)
+            v, label = recorded.classify_saved(sys.stdin.buffer)
         else:
             try:
                 with open(name, "rb") as log:
-                    v, label = verdict.classify_saved(log)
+                    v, label = recorded.classify_saved(log)
             except OSError as exc:
                 raise LabError("classify", f"cannot read {name}: {exc.strerror}") from None
-            if label:
-                outputs.append({"file": name, **v.to_json(), "label": label})
-                continue
-        outputs.append({"file": name, **v.to_json()})
+        outputs.append({"file": name, **v.to_json(), **({"label": label} if label else {})})
     if args.json:
         print(json.dumps(outputs if len(outputs) > 1 else outputs[0], indent=2))
     else:
@@ -163,7 +160,8 @@ def _cmd_classify(args) -> int:
             how = f", {out['confidence']} by {out['rule']}" if out["confidence"] else f", {out['rule']}"
             print(f"{out['file']}: {out['verdict']} (stage {out['stage']}{how}): {out['diagnosis']}")
             if "label" in out:
-                print(f"    labelled {out['label']['verdict']} (stage {out['label']['stage']}) in its header")
+                print(f"    labelled {out['label']['verdict']} (stage {out['label']['stage']}) in its header; "
+                      "lines are counted from the first line after its --- line")
             for ev in out["evidence"]:
                 print(f"    line {ev['line']}: {ev['text']}")
     return 0
@@ -171,6 +169,8 @@ def _cmd_classify(args) -> int:
 
 def _cmd_vmcore(args) -> int:
     from . import results
+    if args.lines < 1:
+        raise LabError("vmcore", f"--lines {args.lines}: expected 1 or more")
     root = Path(args.results) if args.results else paths.results_dir()
     for line in results.vmcore_opened(args.run, root, args.lines):
         print(line)

@@ -78,9 +78,12 @@ def _kernel_identity(kernel: str) -> str:
     if not kernel.endswith(".deb"):
         return kernel
     digest = hashlib.sha256()
-    with open(kernel, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
+    try:
+        with open(kernel, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError("image", f"kernel={kernel!r}: cannot read it ({exc.strerror})") from None
     return "deb:" + digest.hexdigest()
 
 

@@ -12,9 +12,11 @@ Each key once, in this order; any other key, a missing one, or an unknown verdic
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .transcript import Event, read
 from .vocabulary import NO_STAGE, Outcome, Stage
 
 KEYS = ("VERDICT", "STAGE", "SOURCE", "NOTES")
@@ -103,3 +105,43 @@ def console_of(stream) -> tuple[dict[str, str] | None, "_Rest"]:
     except MalformedLog:
         header = None
     return (None, _Rest(first, stream)) if header is None else (header, _Rest(console, stream))
+
+
+def host_events_beside(path: Path) -> list[tuple[int, Event]] | None:
+    """The live run's host events, when they were kept beside the transcript (`NAME.host-events.jsonl`,
+    as the lab wrote it), each with the console lines read by then: what the host saw (resets, the
+    fault, a stall deadline) is not in console.log."""
+    beside = Path(path).with_suffix(".host-events.jsonl")
+    if not beside.exists():
+        return None
+    events = []
+    for n, raw in enumerate(beside.read_text().splitlines(), 1):
+        try:
+            data = json.loads(raw)
+            data["t"], data["kind"], data["text"], data["after_line"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MalformedLog(f"{beside}:{n}: not a host event with t, kind, text and after_line ({exc})") from None
+        extra = {k: v for k, v in data.items() if k not in ("t", "kind", "text", "after_line")}
+        events.append((data["after_line"], Event(data["kind"], 0, data["text"], "host", data["t"], None,
+                                                 tuple(extra.items()))))
+    return events
+
+
+def replay(log: RecordedLog) -> list[Event]:
+    """The events the live run derived its verdict from: the console's, and the host's where it saw
+    them (after the console lines read by then); the console's alone when no host events were kept."""
+    console = read(log.console)
+    host = host_events_beside(log.path)
+    if host is None:
+        return console
+    placed = [(e.line, 0, e) for e in console] + [(after + 0.5, n, e) for n, (after, e) in enumerate(host)]
+    return [e for *_, e in sorted(placed, key=lambda item: item[:2])]
+
+
+def classify_saved(stream):
+    """A saved file, as `lab classify` reads it: a recorded log (tests/corpus, tests/transcripts) on its
+    console part only, with its label {verdict, stage} beside the verdict; any other file whole."""
+    from .verdict import classify
+    header, console = console_of(stream)
+    label = {"verdict": header["VERDICT"], "stage": header["STAGE"]} if header else None
+    return classify(console), label

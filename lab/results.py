@@ -208,26 +208,39 @@ def table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# Where the crashed kernel's own report starts: an oops prints its trace before the panic line.
+REPORT_START = re.compile(r"cut here|BUG: |Oops: |general protection fault|Unable to handle kernel|sysrq: Trigger a crash")
+
+
 def vmcore_opened(run_id: str, results: Path, lines: int = 25) -> list[str]:
-    """`lab vmcore RUN`: what the host's check found in a finished run's folder, and the end of the
-    crashed kernel's log (extracted with makedumpfile --dump-dmesg, no debug symbols needed)."""
-    folders = sorted(results.glob(f"*/{run_id}/report.json")) if re.fullmatch(r"[a-z0-9-]+", run_id) else []
+    """`lab vmcore RUN`: what the host's check found in a finished run's folder, and the crashed kernel's
+    log from its report on (extracted with makedumpfile --dump-dmesg, no debug symbols needed). `results`
+    is the results root or one invocation's folder."""
+    named = re.fullmatch(r"[a-z0-9-]+", run_id)
+    folders = sorted([*results.glob(f"*/{run_id}/report.json"), *results.glob(f"{run_id}/report.json")]) if named else []
     if not folders:
         raise InputError("vmcore", f"no finished run {run_id!r} under {results} (a run id, as report.json names it)")
-    report = json.loads(folders[-1].read_text())
-    found, folder = report.get("vmcore"), folders[-1].parent
-    if not found or not found.get("file"):
-        why = (found or {}).get("why") or "no capture kernel ran"
-        raise InputError("vmcore", f"run {run_id} has no vmcore (verdict {report.get('verdict')}): {why}")
-    dmesg = (folder / found["dmesg"]).read_text(errors="replace").splitlines() if found.get("dmesg") else []
-    out = [f"vmcore: {folder / found['file']} ({found['size'] / 2**20:.1f} MiB {found['format']} as saved at "
-           f"{found['guest_path']}; check {found['check']})",
-           f"panic line: {found['dump_panic'] or '(none in the dump)'}; the console's "
-           f"{'matches' if found.get('panic_lines_match') else 'differs'}"]
+    folder = folders[-1].parent
+    try:
+        report = json.loads(folders[-1].read_text())
+        found = report.get("vmcore")
+        if not found or not found.get("file"):
+            why = (found or {}).get("why") or "no capture kernel ran"
+            raise InputError("vmcore", f"run {run_id} has no vmcore (verdict {report.get('verdict')}): {why}")
+        dmesg = (folder / found["dmesg"]).read_text(errors="replace").splitlines() if found.get("dmesg") else []
+        out = [f"vmcore: {folder / found['file']} ({found['size'] / 2**20:.1f} MiB {found['format']} as saved at "
+               f"{found['guest_path']}; check {found['check']})",
+               f"panic line: {found['dump_panic'] or '(none in the dump)'}; the console's "
+               f"{'matches' if found.get('panic_lines_match') else 'differs'}"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError("vmcore", f"{folder}: cannot read the run's report or vmcore-dmesg.txt ({exc})") from None
     if dmesg:
-        # From the panic on (its call trace, as the crashed kernel logged it), else the last lines.
         panics = [i for i, line in enumerate(dmesg) if vmcore.PANIC_TEXT.search(line)]
-        start = max(0, panics[-1] - 1) if panics else max(0, len(dmesg) - lines)
+        if panics:   # from the start of the crashed kernel's report (its trace) on
+            starts = [i for i in range(max(0, panics[-1] - 80), panics[-1] + 1) if REPORT_START.search(dmesg[i])]
+            start = starts[0] if starts else panics[-1]
+        else:
+            start = max(0, len(dmesg) - lines)
         shown = dmesg[start:start + lines]
         out += [f"the crashed kernel's log, lines {start + 1}-{start + len(shown)} of {len(dmesg)} "
                 f"({folder / found['dmesg']}):", *shown]

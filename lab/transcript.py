@@ -240,7 +240,10 @@ class Transcript:
         event = Event(kind, 0, text, "host", self.elapsed(), None, tuple(extra.items()))
         self.host_events.append(event)
         try:
-            self._host.write(json.dumps({"t": event.t, "kind": kind, "text": text, **extra}) + "\n")
+            # after_line: the console lines read by then, so that a replay of console.log can put the
+            # host's events where the live run saw them (recorded.replay).
+            self._host.write(json.dumps({"t": event.t, "kind": kind, "text": text, **extra,
+                                         "after_line": self.reader.lines}) + "\n")
             self._host.flush()
         except OSError as exc:
             raise HostError("transcript", f"cannot write {self.host_path}: {exc.strerror}") from None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import recorded
 from .markers import CAPTURE_CMDLINE, WRAP_LINES
 from .transcript import Event, read
 from .vocabulary import NO_STAGE, Outcome, Stage
@@ -319,10 +318,3 @@ def classify(log) -> Verdict:
     """A saved log (bytes, text or a binary stream) to its verdict."""
     return derive(read(log, compact=True))   # the same verdict as from every event, in bounded memory
 
-
-def classify_saved(stream) -> tuple[Verdict, dict | None]:
-    """A saved file, as `lab classify` reads it: a recorded log (tests/corpus, tests/transcripts) on its
-    console part only, with its label {verdict, stage} beside the verdict; any other file whole."""
-    header, console = recorded.console_of(stream)
-    label = {"verdict": header["VERDICT"], "stage": header["STAGE"]} if header else None
-    return classify(console), label

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ def pytest_addoption(parser):
                           "(review the diff before committing it)")
     parser.addoption("--all-scenarios", action="store_true",
                      help="every base scenario on a real guest (make test-scenarios); without it, the "
-                          "representative ones each test module names (REPRESENTATIVE)")
+                          "representative ones each test module names (REPRESENTATIVE_SCENARIOS)")
     parser.addoption("--all-faults", action="store_true",
                      help="every fault-injection point with every signal (make test-faults); without it, "
                           "each point once, the signals rotated over them")
@@ -69,12 +70,13 @@ def pytest_collection_modifyitems(config, items):
 
 def _keep_representative_scenarios(config, items):
     """Deselect (visibly: pytest counts them, and the header names them) live tests of scenarios that a
-    module does not list in REPRESENTATIVE."""
+    module does not list in REPRESENTATIVE_SCENARIOS, unless a test was asked for by its full id."""
     left_out, kept = set(), []
     for item in items:
-        chosen = getattr(item.module, "REPRESENTATIVE", None)
+        chosen = getattr(item.module, "REPRESENTATIVE_SCENARIOS", None)
         scenario = getattr(item, "callspec", None) and item.callspec.params.get("scenario")
-        if chosen is not None and scenario and scenario not in chosen:
+        asked = any(arg.split("::", 1)[-1] == item.nodeid.split("::", 1)[-1] for arg in config.args if "[" in arg)
+        if chosen is not None and scenario and scenario not in chosen and not asked:
             left_out.add(scenario)
         else:
             kept.append(item)
@@ -125,7 +127,13 @@ def side_by_side(tmp_path_factory):
     procs = [spawn_lab("run", str(tmp / "triggers.toml"), "--parallel", "2", "--json", env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE),
              spawn_lab("run", "panic-reboot", "--json", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
-    matrix, single = (Invocation(p, *p.communicate(timeout=1200)) for p in procs)
+    try:
+        matrix, single = (Invocation(p, *p.communicate(timeout=1200)) for p in procs)
+    finally:
+        for p in procs:   # a timed-out invocation unwinds like Ctrl-C: its guests are destroyed
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(timeout=180)
     return tmp, matrix, single
 
 

@@ -34,6 +34,8 @@ def test_classify_reads_a_recorded_log_past_its_header_and_shows_the_label(tmp_p
     assert (out["verdict"], out["label"]) == ("reboot", {"verdict": "reboot", "stage": "panicked"})
     assert [e["line"] for e in out["evidence"]] == [1, 2]   # counted from the console's first line
     assert "labelled reboot (stage panicked) in its header" in lab("classify", str(recorded)).stdout.decode()
+    piped = json.loads(lab("classify", "--json", stdin=recorded.read_bytes()).stdout)   # the same on stdin
+    assert (piped["verdict"], piped["label"]["verdict"]) == ("reboot", "reboot")
 
 
 def test_classify_a_missing_file_is_one_line():
@@ -110,7 +112,11 @@ def test_lab_vmcore_names_what_is_missing_in_one_line(tmp_path):
     run = tmp_path / "lab-1" / "panic-hang-1"
     run.mkdir(parents=True)
     (run / "report.json").write_text(json.dumps({"run_id": "panic-hang-1", "verdict": "hang", "vmcore": None}))
+    broken = tmp_path / "lab-1" / "kdump-1"
+    broken.mkdir()
+    (broken / "report.json").write_text("{not json")
     for args, words in ((["nope"], "no finished run 'nope' under"), (["panic-hang-1"], "run panic-hang-1 has no vmcore (verdict hang)"),
-                        (["../../etc"], "no finished run")):
+                        (["../../etc"], "no finished run"), (["kdump-1"], "cannot read the run's report"),
+                        (["kdump-1", "--lines", "0"], "--lines 0: expected 1 or more")):
         done = lab("vmcore", *args, "--results", str(tmp_path))
         assert done.returncode == 2 and done.stderr.decode().count("\n") == 1 and words in done.stderr.decode(), done.stderr

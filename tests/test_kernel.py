@@ -1,8 +1,10 @@
 """Your kernel: `--kernel-package SUITE/PACKAGE` (scenario key `kernel`) boots a kernel from Debian's
 archive in a derived image of the same recipe, on a real guest, through the panic to a checked vmcore."""
+from pathlib import Path
+
 import pytest
 
-from lab import image, paths
+from lab import image
 
 BACKPORTS = "bookworm-backports/linux-image-amd64"
 
@@ -12,6 +14,7 @@ BACKPORTS = "bookworm-backports/linux-image-amd64"
 def test_a_kernel_from_backports_boots_panics_and_dumps(lab_run):
     report = lab_run.report
     own = image.cached(image.DEFAULT)
+    assert own is not None, "the image's own build is not cached (make image)"
     kernel = report["image"]
     assert kernel["kernel_source"] == BACKPORTS and kernel["key"] != own.key
     # What booted, read from the console's banner, is the derived image's kernel, not the recipe's own.
@@ -20,5 +23,5 @@ def test_a_kernel_from_backports_boots_panics_and_dumps(lab_run):
     vmcore = report["vmcore"]
     assert vmcore["check"] == "passed" and vmcore["panic_lines_match"], vmcore
     # The host's makedumpfile read this kernel's dump: its log names the same release.
-    dmesg = (paths.Path(report["artifacts"]["dir"]) / vmcore["dmesg"]).read_text(errors="replace")
+    dmesg = (Path(report["artifacts"]["dir"]) / vmcore["dmesg"]).read_text(errors="replace")
     assert f"Linux version {kernel['kernel_booted']} " in dmesg

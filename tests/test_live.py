@@ -32,7 +32,7 @@ GEN1 = [name for name in EXPECTED_STAGES if name.startswith("hyperv-")]
 # make test boots these: the seed's four outcomes on the Hyper-V Gen1 model, the KB's disk_timeout giving
 # up, and the default profile's dump (the cold run the snapshot tests compare with). The others are the
 # same paths on the default profile, or one more device: `make test-scenarios` (--all-scenarios) runs all.
-REPRESENTATIVE = {"hyperv-panic-reboot", "hyperv-panic-hang", "hyperv-kdump-default", "hyperv-kdump-kb2858695",
+REPRESENTATIVE_SCENARIOS = {"hyperv-panic-reboot", "hyperv-panic-hang", "hyperv-kdump-default", "hyperv-kdump-kb2858695",
                   "hyperv-kdump-timeout", "kdump"}
 
 
