@@ -8,6 +8,7 @@ import pytest
 
 from conftest import TRANSCRIPTS
 from lab import recorded
+from lab.transcript import read
 from lab.verdict import derive
 
 FILES = sorted(TRANSCRIPTS.glob("*.log"))
@@ -50,3 +51,22 @@ def test_relabelling_keeps_the_console_bytes(tmp_path):
     again = recorded.load(tmp_path / "x.log")
     assert (again.verdict, again.stage, again.source, again.notes) == ("unknown", "none", log.source, log.notes)
     assert again.console == log.console
+
+
+def test_the_host_events_kept_beside_a_transcript_give_the_live_verdict_the_console_alone_cannot():
+    with_host = [p for p in FILES if recorded.host_events_beside(p) is not None]
+    assert with_host, "no transcript kept with its run's host events"
+    for path in with_host:
+        log = recorded.load(path)
+        replayed, alone = derive(recorded.replay(log)), derive(read(log.console))
+        assert (replayed.verdict, replayed.stage) == (log.verdict, log.stage)
+        if log.verdict == "hang":   # a stuck capture kernel: only the host's stall deadline says so
+            assert alone.verdict == "unknown" and replayed.confidence == "likely"
+
+
+def test_host_events_that_are_not_the_lab_s_are_refused(tmp_path):
+    path = tmp_path / "x.log"
+    path.write_bytes(b"VERDICT: unknown\nSTAGE: panicked\nSOURCE: x\nNOTES: y\n---\nKernel panic - not syncing: x\n")
+    path.with_suffix(".host-events.jsonl").write_text('{"t": 1.0, "kind": "stall", "text": "no after_line"}\n')
+    with pytest.raises(recorded.MalformedLog, match="x.host-events.jsonl:1: not a host event"):
+        recorded.replay(recorded.load(path))
