@@ -111,9 +111,10 @@ class Run:
 
     @classmethod
     def from_log(cls, path: str | Path) -> "Run":
-        """A saved log; a recorded log's header (lab/recorded.py) above it is checked and skipped."""
-        _header, raw = recorded.split(Path(path).read_bytes())
-        v = derive(read(raw)).to_json()
+        """A saved log; a recorded log's header (lab/recorded.py) above it is checked and skipped, and the
+        run's host events, where they were kept beside it, are replayed with it."""
+        header, raw = recorded.split(Path(path).read_bytes())
+        v = derive(recorded.replay(recorded.load(path)) if header else read(raw)).to_json()
         return cls(v, ConsoleText(raw, v["stages"]), None)
 
 
