@@ -30,9 +30,10 @@ def test_an_impossible_results_folder_is_one_line_before_libvirt_is_asked(tmp_pa
 def test_junit_is_well_formed_on_a_real_console_with_escape_codes(tmp_path):
     console = recorded.load(TRANSCRIPTS / "gen1-default-capture-kernel-stuck.log").console
     assert b"\x1b[" in console   # the case the audit found: ESC in the excerpt
+    escaped = next(n for n, line in enumerate(console.split(b"\n"), 1) if b"\x1b[" in line)
     (tmp_path / "console.log").write_bytes(console)
     run = {"scenario": {"name": "hyperv-kdump-default", "expect": "dump"}, "run_id": "r1", "verdict": "hang",
-           "stage": "capture_kernel_booted", "diagnosis": "stuck \x1b[0m", "evidence": [{"line": 640}],
+           "stage": "capture_kernel_booted", "diagnosis": "stuck \x1b[0m", "evidence": [{"line": escaped}],
            "expectation_met": False, "cut_short": None, "artifacts": {"dir": str(tmp_path)},
            "timings": {"wall_seconds": 1.0}}
     (tmp_path / "junit.xml").write_text(results.junit([run, {**run, "run_id": "r2", "cut_short": {"by": "host", "why": "x\x07"}}], "t"))
