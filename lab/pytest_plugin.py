@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from . import paths, recorded
-from .transcript import clean, read
+from .transcript import clean
 from .verdict import derive
 from .vocabulary import Stage
 
@@ -113,8 +113,8 @@ class Run:
     def from_log(cls, path: str | Path) -> "Run":
         """A saved log; a recorded log's header (lab/recorded.py) above it is checked and skipped, and the
         run's host events, where they were kept beside it, are replayed with it."""
-        header, raw = recorded.split(Path(path).read_bytes())
-        v = derive(recorded.replay(recorded.load(path)) if header else read(raw)).to_json()
+        _header, raw = recorded.split(Path(path).read_bytes())
+        v = derive(recorded.replay(raw, Path(path))).to_json()
         return cls(v, ConsoleText(raw, v["stages"]), None)
 
 

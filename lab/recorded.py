@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .transcript import Event, read
+from .verdict import classify
 from .vocabulary import NO_STAGE, Outcome, Stage
 
 KEYS = ("VERDICT", "STAGE", "SOURCE", "NOTES")
@@ -127,11 +128,12 @@ def host_events_beside(path: Path) -> list[tuple[int, Event]] | None:
     return events
 
 
-def replay(log: RecordedLog) -> list[Event]:
-    """The events the live run derived its verdict from: the console's, and the host's where it saw
-    them (after the console lines read by then); the console's alone when no host events were kept."""
-    console = read(log.console)
-    host = host_events_beside(log.path)
+def replay(console_bytes: bytes, path: Path) -> list[Event]:
+    """The events the live run derived its verdict from: the console's (the log at `path`, past its
+    header), and the host's where it saw them (after the console lines read by then); the console's
+    alone when no host events were kept beside it."""
+    console = read(console_bytes)
+    host = host_events_beside(path)
     if host is None:
         return console
     placed = [(e.line, 0, e) for e in console] + [(after + 0.5, n, e) for n, (after, e) in enumerate(host)]
@@ -141,7 +143,6 @@ def replay(log: RecordedLog) -> list[Event]:
 def classify_saved(stream):
     """A saved file, as `lab classify` reads it: a recorded log (tests/corpus, tests/transcripts) on its
     console part only, with its label {verdict, stage} beside the verdict; any other file whole."""
-    from .verdict import classify
     header, console = console_of(stream)
     label = {"verdict": header["VERDICT"], "stage": header["STAGE"]} if header else None
     return classify(console), label

@@ -21,7 +21,7 @@ def test_there_are_recorded_transcripts():
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_recorded_transcript(path, request):
     log = recorded.load(path)
-    v = derive(recorded.replay(log))   # with the live run's host events where they were kept beside it
+    v = derive(recorded.replay(log.console, path))   # with the live run's host events where they were kept beside it
     if request.config.getoption("--update-recorded") and (v.verdict, v.stage) != (log.verdict, log.stage):
         path.write_bytes(log.with_label(v.verdict, v.stage))
         log = recorded.load(path)
@@ -58,7 +58,7 @@ def test_the_host_events_kept_beside_a_transcript_give_the_live_verdict_the_cons
     assert with_host, "no transcript kept with its run's host events"
     for path in with_host:
         log = recorded.load(path)
-        replayed, alone = derive(recorded.replay(log)), derive(read(log.console))
+        replayed, alone = derive(recorded.replay(log.console, path)), derive(read(log.console))
         assert (replayed.verdict, replayed.stage) == (log.verdict, log.stage)
         if log.verdict == "hang":   # a stuck capture kernel: only the host's stall deadline says so
             assert alone.verdict == "unknown" and replayed.confidence == "likely"
@@ -68,5 +68,6 @@ def test_host_events_that_are_not_the_lab_s_are_refused(tmp_path):
     path = tmp_path / "x.log"
     path.write_bytes(b"VERDICT: unknown\nSTAGE: panicked\nSOURCE: x\nNOTES: y\n---\nKernel panic - not syncing: x\n")
     path.with_suffix(".host-events.jsonl").write_text('{"t": 1.0, "kind": "stall", "text": "no after_line"}\n')
+    log = recorded.load(path)
     with pytest.raises(recorded.MalformedLog, match="x.host-events.jsonl:1: not a host event"):
-        recorded.replay(recorded.load(path))
+        recorded.replay(log.console, path)
