@@ -2,6 +2,7 @@
 offline and cached by recipe hash, or a published cloud image pulled from the catalog."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -77,14 +78,24 @@ def _kernel_identity(kernel: str) -> str:
     """What keys a derived image: the archive spec as written, or the .deb's digest (not its path)."""
     if not kernel.endswith(".deb"):
         return kernel
+    try:
+        seen = os.stat(kernel)
+    except OSError as exc:
+        raise InputError("image", f"kernel={kernel!r}: cannot read it ({exc.strerror})") from None
+    return "deb:" + _deb_digest(kernel, seen.st_size, seen.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _deb_digest(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per file version: a batch looks the image up for itself and again for each run."""
     digest = hashlib.sha256()
     try:
-        with open(kernel, "rb") as f:
+        with open(path, "rb") as f:
             while block := f.read(1 << 20):
                 digest.update(block)
     except OSError as exc:
-        raise InputError("image", f"kernel={kernel!r}: cannot read it ({exc.strerror})") from None
-    return "deb:" + digest.hexdigest()
+        raise InputError("image", f"kernel={path!r}: cannot read it ({exc.strerror})") from None
+    return digest.hexdigest()
 
 
 def image_key(name: str, kernel: str = "") -> str:
