@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LAB     := $(VENV)/bin/lab
 export LAB_URI ?= qemu:///system
 
-.PHONY: setup host venv libvirt image lab-run test check test-unit test-libvirt test-live test-scenarios test-faults bench clean
+.PHONY: setup host venv libvirt image lab-run test check test-unit test-libvirt test-live test-scenarios test-releases test-faults bench clean
 
 setup: host venv libvirt
 
@@ -46,6 +46,10 @@ test-live: image
 # Every base scenario on a real guest (make test boots the representative ones).
 test-scenarios: image
 	$(PY) -m pytest -v -rs tests/test_live.py --all-scenarios
+
+# The seed's kdump scenarios on every Debian release (images/releases.toml; make test boots one of them).
+test-releases: image
+	$(PY) -m pytest -v -rs tests/test_releases.py --all-scenarios
 
 # Every fault-injection point with every signal (make test runs a representative six).
 test-faults: image

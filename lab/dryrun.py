@@ -44,7 +44,7 @@ def plan(scenario: Scenario, folder: Path) -> list[Piece]:
              f"image: {img.name} ({img.key}), kernel: {kernel}",
              f"first kernel: {first}"]
     if scenario.kdump and img.guest.flavour == "kdump-tools":
-        capture = CRASHKERNEL_ARG.sub("", first) + " " + seed.cmdline_append(scenario, kdump)
+        capture = CRASHKERNEL_ARG.sub("", first) + " " + seed.cmdline_append(scenario, kdump, img.guest)
         lines.append(f"capture kernel (kdump-tools: the first kernel's, crashkernel= out, KDUMP_CMDLINE_APPEND in): {capture}")
     elif scenario.kdump:
         lines.append("capture kernel: as the guest's kdumpctl builds it from its kdump.conf (see user-data)")

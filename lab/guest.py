@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# kdump-tools' own default KDUMP_CMDLINE_APPEND in Debian 12 (1.8.x), and in most Debian-family images.
+KDUMP_TOOLS_APPEND = "reset_devices systemd.unit=kdump-tools-dump.service nr_cpus=1 irqpoll usbcore.nousb"
+
 
 @dataclass(frozen=True)
 class Guest:
     flavour: str = "kdump-tools"        # kdump-tools (Debian, Ubuntu) | dracut-kdump (RHEL family)
     crashkernel: str = "cmdline"        # cmdline: direct kernel boot; grub-reboot: the guest's grub, one reboot
     packages: tuple[str, ...] = ()      # what cloud-init installs first (a published image lacks them)
+    kdump_append: str = KDUMP_TOOLS_APPEND   # kdump-tools' default capture-kernel additions in this release
 
     @property
     def kdump_service(self) -> str:
@@ -20,4 +24,4 @@ class Guest:
         return "kdump-config status" if self.flavour == "kdump-tools" else "kdumpctl status"
 
 
-OFFLINE_DEBIAN = Guest()   # the image the lab builds (images/debian12)
+OFFLINE_DEBIAN = Guest()   # the default image the lab builds (debian12 in images/releases.toml)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,24 @@ from . import catalog, paths
 from .errors import HostError, InputError
 from .guest import OFFLINE_DEBIAN, Guest
 
-RECIPES = {"debian12": paths.IMAGES / "debian12"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A guest the lab builds offline: a recipe folder (its build.sh) and the Debian release it installs."""
+    directory: Path
+    suite: str
+    guest: Guest = OFFLINE_DEBIAN
+
+
+def _releases() -> dict[str, Recipe]:
+    """images/releases.toml: every Debian release, built by the one recipe in images/debian/."""
+    table = tomllib.loads((paths.IMAGES / "releases.toml").read_text())
+    return {name: Recipe(paths.IMAGES / "debian", release["suite"], Guest(kdump_append=release["kdump_append"]))
+            for name, release in table.items()}
+
+
+RECIPES = _releases()
 DEFAULT = "debian12"
 BUILD_TOOLS = ("mmdebstrap", "mkfs.ext4", "qemu-img", "sfdisk")
 
@@ -42,11 +60,11 @@ class Image:
 
 
 def recipe_key(name: str) -> str:
-    """Hash of every file of the recipe: change one and the image is rebuilt."""
+    """Hash of every file of the recipe and of its release: change one and the image is rebuilt."""
     recipe = RECIPES[name]
-    digest = hashlib.sha256()
-    for path in sorted(p for p in recipe.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(recipe).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    digest = hashlib.sha256(f"{recipe.suite}\0{recipe.guest.kdump_append}\0".encode())
+    for path in sorted(p for p in recipe.directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(recipe.directory).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -117,7 +135,7 @@ def _load(name: str, key: str) -> Image | None:
         return None
     data = json.loads(manifest.read_text())
     return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", data["kernel_version"],
-                 kernel_source=data.get("kernel_source", ""))
+                 RECIPES[name].guest, data.get("kernel_source", ""))
 
 
 def known() -> list[str]:
@@ -146,7 +164,8 @@ def planned(name: str, kernel: str = "") -> Image:
     if name in RECIPES:
         key = image_key(name, kernel)
         where = _image_dir(name, key)
-        return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", "", kernel_source=kernel)
+        return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", "", RECIPES[name].guest,
+                     kernel)
     e = catalog.entry(name)
     return Image(e.name, (e.sha256 or "unpinned")[:16], paths.cache_dir() / "cloud" / e.name / e.filename, None, None, "",
                  e.guest)
@@ -200,13 +219,14 @@ BUILDER = "builder.json"   # in a build folder: who builds it (lab pid) and the 
 def _build(name: str, tmp: Path, log, kernel: str = "") -> None:
     # Its own session: on any way out, the whole builder (mmdebstrap and its apt/dpkg) is stopped, not
     # just build.sh; and `lab clean` can stop it after the lab was killed with -9.
-    env = dict(os.environ)
+    recipe = RECIPES[name]
+    env = dict(os.environ, LAB_SUITE=recipe.suite, LAB_KDUMP_APPEND=recipe.guest.kdump_append)
     archive = ARCHIVE_KERNEL.fullmatch(kernel)
     if archive:   # apt's PACKAGE/SUITE: that suite's package, and from it whatever the package needs
         env.update(LAB_KERNEL_SUITE=archive["suite"], LAB_KERNEL_INCLUDE=f"{archive['package']}/{archive['suite']}")
     elif kernel:
         env.update(LAB_KERNEL_INCLUDE=kernel)
-    proc = subprocess.Popen([str(RECIPES[name] / "build.sh"), str(tmp)], stdout=log, stderr=log,
+    proc = subprocess.Popen([str(recipe.directory / "build.sh"), str(tmp)], stdout=log, stderr=log,
                             start_new_session=True, env=env)
     (tmp / BUILDER).write_text(json.dumps({"owner": os.getpid(), "pgid": proc.pid}))
     try:

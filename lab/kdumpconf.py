@@ -23,7 +23,7 @@ disk_timeout 100
 DISK_TIMEOUT_30 = "disk_timeout 30\n"
 CONFIGS = {"default": None, "kb2858695": KB2858695, "disk-timeout": DISK_TIMEOUT_30}
 DISK_TIMEOUT_ARG = "panic_lab.disk_timeout"
-# What the image's kdump initrd carries (images/debian12/customize.sh): extra_modules must be there.
+# What the image's kdump initrd carries (images/debian/customize.sh): extra_modules must be there.
 KDUMP_INITRD_MODULES = {"virtio_pci", "virtio_blk", "virtio_scsi", "ata_piix", "ata_generic", "libata",
                         "sd_mod", "sr_mod", "scsi_mod", "ext4"}
 
@@ -80,7 +80,7 @@ def to_kdump_tools(conf: str, standins: dict[str, list[str]] | None = None) -> K
             out.lines.append((line, " ".join(f"{module}.{p}" for p in params)))
         elif key == "disk_timeout":
             # initramfs-tools has no such timeout (its rootdelay= is a fixed sleep first), so the image's kdump
-            # initrd carries one (images/debian12/kdump-initramfs/): reset if the dump target is not mounted in time.
+            # initrd carries one (images/debian/kdump-initramfs/): reset if the dump target is not mounted in time.
             seconds = int(args[0]) if args and args[0].isdigit() else 0
             if seconds <= 0:
                 raise ValueError(f"disk_timeout {rest}: must be a positive number of seconds")

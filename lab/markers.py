@@ -152,7 +152,7 @@ SUSE_KDUMP = _table("suse-kdump", [
 # The lab's own pre-flight output (images/cloud-init/user-data.j2, lab-preflight), read like any console line.
 LAB = _table("lab", [
     ("kdump_armed", r"^lab:kexec_crash_loaded=1$"),
-    # The kdump initrd's disk_timeout timer (images/debian12/kdump-initramfs/) giving up.
+    # The kdump initrd's disk_timeout timer (images/debian/kdump-initramfs/) giving up.
     ("dump_failed", r"panic-lab: disk_timeout: dump target not mounted after \d+ s"),
 ])
 

@@ -15,8 +15,6 @@ from .guest import OFFLINE_DEBIAN, Guest
 from .scenario import Scenario
 
 PASSWORD = "panic-lab"  # serial console only; the guest has no network
-# kdump-tools' own default for the capture kernel; a scenario appends to it, never replaces it.
-KDUMP_TOOLS_APPEND = "reset_devices systemd.unit=kdump-tools-dump.service nr_cpus=1 irqpoll usbcore.nousb"
 
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.IMAGES / "cloud-init"),
                           undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
@@ -38,9 +36,10 @@ def kdump_tools_config(scenario: Scenario, standins: dict) -> kdumpconf.KdumpToo
         raise InputError("scenario", f"{scenario.name}: kdump_config {scenario.kdump_config}: {exc}") from None
 
 
-def cmdline_append(scenario: Scenario, translated: kdumpconf.KdumpTools) -> str:
-    """kdump-tools' KDUMP_CMDLINE_APPEND: added to the first kernel's command line (crashkernel= taken out)."""
-    return " ".join(filter(None, [KDUMP_TOOLS_APPEND, *translated.cmdline_append, scenario.kdump_cmdline_append]))
+def cmdline_append(scenario: Scenario, translated: kdumpconf.KdumpTools, guest: Guest = OFFLINE_DEBIAN) -> str:
+    """kdump-tools' KDUMP_CMDLINE_APPEND: added to the first kernel's command line (crashkernel= taken out).
+    A scenario appends to the release's own default, never replaces it."""
+    return " ".join(filter(None, [guest.kdump_append, *translated.cmdline_append, scenario.kdump_cmdline_append]))
 
 
 def render(scenario: Scenario, run_id: str, standins: dict | None = None, guest: Guest = OFFLINE_DEBIAN,
@@ -50,7 +49,7 @@ def render(scenario: Scenario, run_id: str, standins: dict | None = None, guest:
                "kdump_cmdline_append": "", "kdump_variables": {}, "kdump_conf": None, "runcmd": []}
     if guest.flavour == "kdump-tools":
         translated = translated or kdump_tools_config(scenario, standins or {})
-        context["kdump_cmdline_append"] = cmdline_append(scenario, translated)
+        context["kdump_cmdline_append"] = cmdline_append(scenario, translated, guest)
         context["kdump_variables"] = translated.variables
         if guest.crashkernel == "grub-reboot":
             context["runcmd"] = [["update-grub"]]

@@ -45,8 +45,9 @@ def pytest_addoption(parser):
                      help="rewrite the VERDICT and STAGE of tests/transcripts/*.log to what the engine says now "
                           "(review the diff before committing it)")
     parser.addoption("--all-scenarios", action="store_true",
-                     help="every base scenario on a real guest (make test-scenarios); without it, the "
-                          "representative ones each test module names (REPRESENTATIVE_SCENARIOS)")
+                     help="every base scenario, and every release's kdump scenarios, on a real guest (make "
+                          "test-scenarios, make test-releases); without it, the representative ones each test "
+                          "module names (REPRESENTATIVE_SCENARIOS, REPRESENTATIVE_RUNS)")
     parser.addoption("--all-faults", action="store_true",
                      help="every fault-injection point with every signal (make test-faults); without it, "
                           "each point once, the signals rotated over them")
@@ -70,14 +71,19 @@ def pytest_collection_modifyitems(config, items):
 
 def _keep_representative_scenarios(config, items):
     """Deselect (visibly: pytest counts them, and the header names them) live tests of scenarios that a
-    module does not list in REPRESENTATIVE_SCENARIOS, unless a test was asked for by its full id."""
+    module does not list in REPRESENTATIVE_SCENARIOS, or of runs (parameter ids) not in REPRESENTATIVE_RUNS,
+    unless a test was asked for by its full id."""
     left_out, kept = set(), []
     for item in items:
-        chosen = getattr(item.module, "REPRESENTATIVE_SCENARIOS", None)
-        scenario = getattr(item, "callspec", None) and item.callspec.params.get("scenario")
+        callspec = getattr(item, "callspec", None)
+        scenario = callspec and callspec.params.get("scenario")
+        scenarios = getattr(item.module, "REPRESENTATIVE_SCENARIOS", None)
+        runs = getattr(item.module, "REPRESENTATIVE_RUNS", None)
         asked = any(arg.split("::", 1)[-1] == item.nodeid.split("::", 1)[-1] for arg in config.args if "[" in arg)
-        if chosen is not None and scenario and scenario not in chosen and not asked:
+        if scenarios is not None and scenario and scenario not in scenarios and not asked:
             left_out.add(scenario)
+        elif runs is not None and callspec and callspec.id not in runs and not asked:
+            left_out.add(callspec.id)
         else:
             kept.append(item)
     if left_out:
@@ -89,7 +95,8 @@ def _keep_representative_scenarios(config, items):
 def pytest_report_collectionfinish(config):
     left_out = getattr(config, "_lab_left_out", None)
     if left_out:
-        return f"live scenarios left to make test-scenarios (--all-scenarios): {', '.join(left_out)}"
+        return ("live runs left to make test-scenarios and make test-releases (--all-scenarios): "
+                f"{', '.join(left_out)}")
 
 
 # test_matrix.py's scenario file: the other panic triggers, two runs of one invocation side by side.

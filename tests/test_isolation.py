@@ -23,7 +23,7 @@ echo 0.0-test > "$1/kernel-version"
 for f in disk.qcow2 vmlinuz initrd.img; do : > "$1/$f"; done
 """
 ENSURE = "import sys; from pathlib import Path; from lab import image; " \
-         "image.RECIPES['tiny'] = Path(sys.argv[1]); print(image.ensure('tiny').disk)"
+         "image.RECIPES['tiny'] = image.Recipe(Path(sys.argv[1]), 'tiny'); print(image.ensure('tiny').disk)"
 
 
 def test_two_invocations_that_both_need_a_new_image_build_it_once(tmp_path, monkeypatch):
@@ -41,7 +41,7 @@ def test_two_invocations_that_both_need_a_new_image_build_it_once(tmp_path, monk
     disks = {out.strip() for out, _ in outputs}
     assert len(disks) == 1 and Path(disks.pop()).parent.name.startswith("tiny-")
     # no build folder is left, only the finished image (and the lab's mark)
-    monkeypatch.setitem(image.RECIPES, "tiny", recipe)
+    monkeypatch.setitem(image.RECIPES, "tiny", image.Recipe(recipe, "tiny"))
     assert [p.name for p in (tmp_path / "cache" / "images").iterdir()] == [f"tiny-{image.recipe_key('tiny')}"]
 
 

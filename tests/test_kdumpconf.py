@@ -91,5 +91,5 @@ def test_disk_timeout_must_be_a_positive_number(value):
 
 def test_the_disk_timeout_timer_reads_the_argument_the_translation_writes():
     # The recipe's initramfs script and the translation must agree on the argument's name.
-    script = (paths.IMAGES / "debian12/kdump-initramfs/init-top/panic-lab-disk-timeout").read_text()
+    script = (paths.IMAGES / "debian/kdump-initramfs/init-top/panic-lab-disk-timeout").read_text()
     assert f"{kdumpconf.DISK_TIMEOUT_ARG}=*)" in script

@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from lab import profiles, seed
+from lab.guest import OFFLINE_DEBIAN
 from lab import scenario as sc
 
 TCG = {"domain_type": "qemu", "cpu_mode": "custom"}
@@ -67,7 +68,7 @@ def test_seed_applies_the_scenario_knobs(name, panic, kdump):
 
 def test_seed_appends_to_kdump_tools_default_command_line():
     s = seed.render(sc.with_overrides(sc.resolve("kdump"), ["kdump_cmdline_append=panic=10"]), "r")
-    assert f'KDUMP_CMDLINE_APPEND="{seed.KDUMP_TOOLS_APPEND} panic=10"' in s.user_data
+    assert f'KDUMP_CMDLINE_APPEND="{OFFLINE_DEBIAN.kdump_append} panic=10"' in s.user_data
 
 
 @pytest.mark.parametrize("profile", list(profiles.PROFILES))

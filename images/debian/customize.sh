@@ -23,18 +23,23 @@ cloud_init_modules: [bootcmd, write_files]
 cloud_config_modules: [runcmd]
 cloud_final_modules: [scripts_user, final_message]
 CFG
-# The local stage is one more Python start (9-17 s under TCG) that only finds the seed and hands it to
-# the network stage (NoCloud's dsmode is net): that stage finds the seed on its own.
-chroot "$root" systemctl mask cloud-init-local.service >/dev/null
-# The config and final stages are two more Python starts (6-8 s each under TCG, on every boot) whose
-# only modules here run a seed's runcmd: skipped when the seed has none (ExecCondition, systemd >= 243).
-for stage in config final; do
-  mkdir -p "$root/etc/systemd/system/cloud-$stage.service.d"
-  cat > "$root/etc/systemd/system/cloud-$stage.service.d/only-with-runcmd.conf" <<'UNIT'
+# cloud-init >= 24.3 (trixie) runs all its stages in one Python process (cloud-init-main.service), which
+# waits for each stage's unit to hand it the go: masking or skipping a stage there would stall the boot.
+# Older ones (bullseye, bookworm) start Python once per stage, and those starts are what is cut here.
+if [ ! -e "$root/lib/systemd/system/cloud-init-main.service" ]; then
+  # The local stage is one more Python start (9-17 s under TCG) that only finds the seed and hands it to
+  # the network stage (NoCloud's dsmode is net): that stage finds the seed on its own.
+  chroot "$root" systemctl mask cloud-init-local.service >/dev/null
+  # The config and final stages are two more Python starts (6-8 s each under TCG, on every boot) whose
+  # only modules here run a seed's runcmd: skipped when the seed has none (ExecCondition, systemd >= 243).
+  for stage in config final; do
+    mkdir -p "$root/etc/systemd/system/cloud-$stage.service.d"
+    cat > "$root/etc/systemd/system/cloud-$stage.service.d/only-with-runcmd.conf" <<'UNIT'
 [Service]
 ExecCondition=/bin/grep -qs ^runcmd: /var/lib/cloud/instance/cloud-config.txt
 UNIT
-done
+  done
+fi
 # The guest has no network interface (lo is systemd's own), and cloud-init's first stage waits for
 # ifupdown, which waits on udev's coldplug: 10-12 s of every boot under TCG.
 chroot "$root" systemctl mask networking.service ifupdown-pre.service >/dev/null
@@ -43,7 +48,7 @@ chroot "$root" systemctl mask networking.service ifupdown-pre.service >/dev/null
 mkdir -p "$root/etc/systemd/system/kdump-tools.service.d"
 cat > "$root/etc/systemd/system/kdump-tools.service.d/after-cloud-init.conf" <<'UNIT'
 [Unit]
-After=cloud-init.service
+After=cloud-init.service cloud-init-network.service
 UNIT
 
 # kdump-tools' own hook cannot build its initrd in a chroot (MODULES=dep needs the real root

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the default guest offline from Debian's packages: no loop mounts, no network in the guest.
-# Usage: build.sh OUTDIR   (writes OUTDIR/disk.qcow2, OUTDIR/vmlinuz, OUTDIR/initrd.img, OUTDIR/kernel-version,
+# Usage: LAB_SUITE=CODENAME build.sh OUTDIR   (lab/image.py sets LAB_SUITE from images/releases.toml; writes OUTDIR/disk.qcow2, OUTDIR/vmlinuz, OUTDIR/initrd.img, OUTDIR/kernel-version,
 #                           and OUTDIR/bootable.qcow2: the same tree on a partitioned disk that boots through grub)
 set -euo pipefail
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${LAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security=${LAB_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+suite=${LAB_SUITE:?LAB_SUITE names the Debian release (images/releases.toml)}
 rootfs="$out/rootfs"
 step() { echo "image: $*" >&2; }
 
@@ -22,13 +23,21 @@ if [ -n "${LAB_KERNEL_INCLUDE:-}" ]; then
   esac
   [ -n "${LAB_KERNEL_SUITE:-}" ] && sources=("deb $mirror $LAB_KERNEL_SUITE main")
 fi
-step "mmdebstrap bookworm ($packages${LAB_KERNEL_INCLUDE:+, kernel $LAB_KERNEL_INCLUDE})"
+step "mmdebstrap $suite ($packages${LAB_KERNEL_INCLUDE:+, kernel $LAB_KERNEL_INCLUDE})"
 mmdebstrap --mode=root --variant=important --quiet \
   --include="$packages" "${kernel_args[@]}" \
   --aptopt='Acquire::Check-Valid-Until "false"' \
   --customize-hook="\"$here/customize.sh\" \"\$1\"" \
-  bookworm "$rootfs" \
-  "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main" "${sources[@]}"
+  "$suite" "$rootfs" \
+  "deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main" "${sources[@]}"
+
+# The lab writes KDUMP_CMDLINE_APPEND out, starting from the release's default (images/releases.toml):
+# if the package's own default moved, the table is wrong, and the build says so.
+if [ -n "${LAB_KDUMP_APPEND:-}" ] && ! grep -qF "KDUMP_CMDLINE_APPEND:=\"$LAB_KDUMP_APPEND\"}" "$rootfs/usr/sbin/kdump-config"; then
+  echo "image: $suite's kdump-config defaults to another KDUMP_CMDLINE_APPEND than images/releases.toml says:" >&2
+  grep -m1 'KDUMP_CMDLINE_APPEND:=' "$rootfs/usr/sbin/kdump-config" >&2
+  exit 1
+fi
 
 version=$(ls "$rootfs/lib/modules")
 cp "$rootfs/boot/vmlinuz-$version" "$out/vmlinuz"
