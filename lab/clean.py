@@ -104,6 +104,11 @@ def _cache(cache: Path, c: _Cleaner, images: bool, snapshots: bool) -> None:
             c.remove_tree(unfinished, "removed unfinished snapshot")
     if snapshots and snaps.exists():
         c.remove_tree(snaps, "removed snapshots")
+    symbols = cache / "debuginfo"
+    for fetch in sorted(symbols.glob(".*-fetch-*-*")) if symbols.exists() else []:
+        pid = fetch.name.rsplit("-fetch-", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and c.may_take(str(fetch), int(pid)):
+            c.remove_tree(fetch, "removed interrupted debug-symbol fetch")
     for part in catalog.partial_downloads():
         if part.is_dir():
             part.rmdir()
@@ -118,3 +123,7 @@ def _cache(cache: Path, c: _Cleaner, images: bool, snapshots: bool) -> None:
         for built in image_root.iterdir():
             if built.is_dir() and not built.name.startswith("."):
                 c.remove_tree(built, "removed image")
+    if images and symbols.exists():
+        for fetched in symbols.iterdir():
+            if fetched.is_dir() and not fetched.name.startswith("."):
+                c.remove_tree(fetched, "removed debug symbols")

@@ -172,7 +172,8 @@ def _cmd_vmcore(args) -> int:
     if args.lines < 1:
         raise LabError("vmcore", f"--lines {args.lines}: expected 1 or more")
     root = Path(args.results) if args.results else paths.results_dir()
-    for line in results.vmcore_opened(args.run, root, args.lines):
+    vmlinux = Path(args.vmlinux) if args.vmlinux else None
+    for line in results.vmcore_opened(args.run, root, args.lines, args.debuginfo, vmlinux):
         print(line)
     return 0
 
@@ -255,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--lines", type=int, default=25, help="lines of the crashed kernel's log to print (default 25)")
     p.add_argument("--results", metavar="DIR", help="where the runs are (default: LAB_RESULTS_DIR or ./results)")
+    symbols = p.add_mutually_exclusive_group()
+    symbols.add_argument("--debuginfo", action="store_true",
+                         help="also the crashed task's backtrace, with the kernel's debug symbols fetched from "
+                              "Debian's archive (linux-image-RELEASE-dbg, about 1 GB once per kernel, cached)")
+    symbols.add_argument("--vmlinux", metavar="PATH", help="the same with this vmlinux (your own kernel's, with debug info)")
     p.set_defaults(fn=_cmd_vmcore)
     p = sub.add_parser("classify", help="classify saved serial logs (or stdin) into a verdict")
     p.add_argument("files", nargs="*", metavar="FILE")

@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from . import vmcore
-from .errors import HostError, InputError
+from . import debuginfo, vmcore
+from .errors import HostError, InputError, shown_path
 from .vocabulary import HostEvent, Stage
 
 
@@ -212,10 +212,14 @@ def table(reports: list[dict]) -> str:
 REPORT_START = re.compile(r"cut here|BUG: |Oops: |general protection fault|Unable to handle kernel|sysrq: Trigger a crash")
 
 
-def vmcore_opened(run_id: str, results: Path, lines: int = 25) -> list[str]:
+def vmcore_opened(run_id: str, results: Path, lines: int = 25, symbols: bool = False,
+                  vmlinux: Path | None = None) -> list[str]:
     """`lab vmcore RUN`: what the host's check found in a finished run's folder, and the crashed kernel's
     log from its report on (extracted with makedumpfile --dump-dmesg, no debug symbols needed). `results`
-    is the results root or one invocation's folder."""
+    is the results root or one invocation's folder. With `symbols` (--debuginfo), or a `vmlinux` of its
+    own, also the crashed task's backtrace, unwound from the dump with the kernel's debug symbols."""
+    if vmlinux is not None and not vmlinux.is_file():
+        raise InputError("vmcore", f"--vmlinux {shown_path(vmlinux)}: no such file")
     named = re.fullmatch(r"[a-z0-9-]+", run_id)
     folders = sorted([*results.glob(f"*/{run_id}/report.json"), *results.glob(f"{run_id}/report.json")]) if named else []
     if not folders:
@@ -244,4 +248,7 @@ def vmcore_opened(run_id: str, results: Path, lines: int = 25) -> list[str]:
         shown = dmesg[start:start + lines]
         out += [f"the crashed kernel's log, lines {start + 1}-{start + len(shown)} of {len(dmesg)} "
                 f"({folder / found['dmesg']}):", *shown]
+    if symbols or vmlinux is not None:
+        release = (report.get("image") or {}).get("kernel_booted") or (report.get("image") or {}).get("kernel") or ""
+        out += debuginfo.backtrace(folder / found["file"], vmlinux or debuginfo.vmlinux_for(report), release)
     return out

@@ -120,3 +120,24 @@ def test_lab_vmcore_names_what_is_missing_in_one_line(tmp_path):
                         (["kdump-1", "--lines", "0"], "--lines 0: expected 1 or more")):
         done = lab("vmcore", *args, "--results", str(tmp_path))
         assert done.returncode == 2 and done.stderr.decode().count("\n") == 1 and words in done.stderr.decode(), done.stderr
+
+
+def test_lab_vmcore_symbols_are_asked_for_only_where_they_can_be_had(tmp_path):
+    """--debuginfo fetches Debian's own kernels' symbols; a published image's or a .deb's kernel needs
+    --vmlinux, and a --vmlinux that is not there is named. Each in one line, before anything is fetched."""
+    def dump_run(name, image):
+        run = tmp_path / "lab-1" / name
+        run.mkdir(parents=True)
+        (run / "report.json").write_text(json.dumps({
+            "run_id": name, "verdict": "dump", "image": image,
+            "vmcore": {"file": "vmcore", "dmesg": "", "size": 1, "format": "flattened", "guest_path": "/var/crash/1/dump.1",
+                       "check": "passed", "dump_panic": "", "panic_lines_match": True}}))
+    dump_run("kdump-ubuntu", {"name": "ubuntu24.04", "kernel_booted": "6.8.0-1-generic"})
+    dump_run("kdump-own", {"name": "debian12", "kernel_source": "/srv/linux-image-6.13_amd64.deb", "kernel_booted": "6.13.0"})
+    env = dict(os.environ, LAB_CACHE_DIR=str(tmp_path / "cache"))
+    for args, words in ((["kdump-ubuntu", "--debuginfo"], "'ubuntu24.04' is not one: give the kernel's vmlinux with --vmlinux PATH"),
+                        (["kdump-own", "--debuginfo"], "the kernel came from /srv/linux-image-6.13_amd64.deb, not Debian's archive"),
+                        (["kdump-own", "--vmlinux", str(tmp_path / "nope")], "nope: no such file")):
+        done = run_lab("vmcore", *args, "--results", str(tmp_path), env=env, text=True)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+    assert not (tmp_path / "cache").exists()

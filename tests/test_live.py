@@ -116,6 +116,15 @@ def test_the_vmcore_is_read_from_the_disk_on_the_host_and_is_this_run_s(report, 
     shown = run_lab("vmcore", report["run_id"], "--results", str(folder.parent.parent), text=True)
     assert shown.returncode == 0, shown.stderr
     assert "sysrq_handle_crash" in shown.stdout and vmcore["console_panic"] in shown.stdout
+    # --debuginfo: the crashed task's stack, unwound from the dump (drgn) with the symbols of the kernel that
+    # booted (Debian's linux-image-RELEASE-dbg, fetched once and cached): the sysrq crash path, as symbols.
+    traced = run_lab("vmcore", report["run_id"], "--results", str(folder.parent.parent), "--debuginfo", "--lines", "1",
+                     text=True)
+    assert traced.returncode == 0, traced.stderr
+    stack = traced.stdout.split("the crashed task: ", 1)[1].splitlines()
+    assert stack[0].startswith("pid ") and "(bash)" in stack[0], stack[0]
+    assert [f for f in ("panic", "sysrq_handle_crash", "write_sysrq_trigger") if any(f" {f} (" in line for line in stack)] == \
+        ["panic", "sysrq_handle_crash", "write_sysrq_trigger"], stack
 
 
 @scenarios("panic-reboot", "hyperv-panic-reboot")

@@ -7,6 +7,7 @@ import pytest
 from conftest import run_lab
 from lab import image, seed
 from lab import scenario as sc
+from lab.vocabulary import HostEvent as H
 from lab.vocabulary import Stage as S
 
 RELEASES = {"debian11": "bullseye", "debian12": "bookworm", "debian13": "trixie"}
@@ -65,10 +66,17 @@ def _release_runs():
 def test_the_seed_s_kdump_scenarios_on_each_release(lab_run, release, scenario):
     report = lab_run.report
     assert report["image"]["name"] == release
-    assert (report["verdict"], report["confidence"]) == (EXPECTED[release, scenario], "certain"), report["diagnosis"]
+    assert report["verdict"] == EXPECTED[release, scenario], report["diagnosis"]
     # The kernel that booted is the release's own.
     assert report["image"]["kernel_booted"] == image.cached(release).kernel_version
     if report["verdict"] == "dump":
+        assert report["confidence"] == "certain"
         assert report["vmcore"]["check"] == "passed" and report["vmcore"]["panic_lines_match"], report["vmcore"]
-    else:
-        assert report["stage"] == S.CAPTURE_KERNEL_BOOTED, report["diagnosis"]
+        return
+    # The Gen1 default: the capture kernel is stuck on the stale paravirtual path until the stall deadline.
+    assert (report["stage"], report["decided_by"]["kind"]) == (S.CAPTURE_KERNEL_BOOTED, H.STALL), report["diagnosis"]
+    capture = "\n".join(lab_run.transcript.stage_slice(S.CAPTURE_KERNEL_BOOTED))
+    # bullseye's kdump-tools passes ata_piix.prefer_ms_hyperv=0 itself: its capture kernel gets the IDE disk,
+    # and still hangs. Later releases' capture kernels ignore the IDE disk, as the first kernel does.
+    assert ("ATA device ignore set" in capture) == (release != "debian11"), capture[-2000:]
+    assert ("QEMU HARDDISK" in capture) == (release == "debian11"), capture[-2000:]
