@@ -114,32 +114,100 @@ TIMELINE_LABELS = {Stage.BOOTED: "boot", Stage.ARMED: "armed", Stage.PANICKED: "
 COLOURS = {"reboot": "#2b7bb9", "dump": "#2e8b57", "hang": "#c0392b", "unknown": "#7f8c8d", "error": "#8e44ad"}
 
 
+def _label_rows(labels: list[tuple[str, float]], char_px: float = 6.6) -> list[int]:
+    """A row for each label (x-sorted, with its x): the first row where it does not touch the one before."""
+    ends: list[float] = []
+    rows = []
+    for label, x in labels:
+        half = (len(label) * char_px + 8) / 2
+        row = next((n for n, end in enumerate(ends) if end < x - half), len(ends))
+        if row == len(ends):
+            ends.append(0.0)
+        ends[row] = x + half
+        rows.append(row)
+    return rows
+
+
 def _timeline_svg(r: dict, width: int = 720) -> str:
-    """Stages on a time axis (seconds since the domain was resumed), and where a hang stopped."""
+    """Stages on a time axis (seconds since the domain was resumed), and where a hang stopped. Labels that
+    would touch go on rows of their own."""
     from html import escape
     points = [(TIMELINE_LABELS[Stage(s["name"])], s["t"]) for s in sorted(r.get("stages", []), key=lambda s: Stage(s["name"]).order)
               if s.get("t") is not None]
     stall = [e for e in r.get("host_events", []) if e["kind"] == HostEvent.STALL]
-    if stall:
+    if stall and r.get("verdict") == "hang":   # where the guest stopped; a run that went on has no such point
         points.append(("hang point", stall[0]["t"]))
     end = max([t for _, t in points] + [(r.get("timings") or {}).get("wall_seconds") or 1.0, 1.0])
     x = lambda t: 20 + (width - 40) * t / end   # noqa: E731
+    points.sort(key=lambda p: p[1])
+    rows = _label_rows([(label, x(t)) for label, t in points])
+    axis = 16 + 13 * (max(rows, default=0) + 1)
     colour = COLOURS[r["verdict"] or "error"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="74" role="img" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{axis + 34}" role="img" '
              f'aria-label="timeline of {escape(r.get("run_id") or "")}">',
-             f'<line x1="20" y1="40" x2="{width - 20}" y2="40" stroke="#bbb"/>']
+             f'<line x1="20" y1="{axis}" x2="{width - 20}" y2="{axis}" stroke="#bbb"/>']
     for tick in range(0, int(end) + 1, max(10, int(end / 8) // 10 * 10 or 10)):
-        parts.append(f'<text x="{x(tick):.1f}" y="70" font-size="10" text-anchor="middle" fill="#666">{tick}s</text>')
-    for n, (label, t) in enumerate(sorted(points, key=lambda p: p[1])):
+        parts.append(f'<text x="{x(tick):.1f}" y="{axis + 30}" font-size="10" text-anchor="middle" fill="#666">{tick}s</text>')
+    for (label, t), row in zip(points, rows):
         fill = "#c0392b" if label == "hang point" else colour
-        parts.append(f'<circle cx="{x(t):.1f}" cy="40" r="5" fill="{fill}"><title>{escape(label)} at {t:.1f} s</title></circle>')
-        parts.append(f'<text x="{x(t):.1f}" y="{24 if n % 2 else 14}" font-size="11" text-anchor="middle">{escape(label)}</text>')
+        parts.append(f'<circle cx="{x(t):.1f}" cy="{axis}" r="5" fill="{fill}"><title>{escape(label)} at {t:.1f} s</title></circle>')
+        parts.append(f'<text class="label" x="{x(t):.1f}" y="{axis - 10 - 13 * row}" font-size="11" '
+                     f'text-anchor="middle">{escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
+# Knowledge-base articles a diagnosis names, linked where the report shows it.
+KB_LINKS = {"KB2858695": "https://support.microsoft.com/kb/2858695"}
+CONTEXT_LINES = 3   # console lines shown around each stage's evidence
+
+
+def _console_lines(r: dict) -> list[str] | None:
+    """The run's console, numbered as the stages' `line` counts it (the transcript's cleaned lines)."""
+    from .transcript import clean
+    artifacts = r.get("artifacts") or {}
+    try:
+        raw = (Path(artifacts["dir"]) / artifacts.get("transcript", "console.log")).read_bytes()
+    except (KeyError, TypeError, OSError):
+        return None
+    return [clean(line)[0] for line in raw.decode("utf-8", errors="replace").split("\n")]
+
+
+def _run_html(r: dict) -> str:
+    from html import escape
+    verdict = r["verdict"] or "error"
+    diagnosis = escape(r.get("diagnosis") or r.get("error") or "")
+    for kb, url in KB_LINKS.items():
+        diagnosis = diagnosis.replace(kb, f'<a href="{url}">{kb}</a>')
+    img = r.get("image") or {}
+    kernel = img.get("kernel_booted") or img.get("kernel") or "?"
+    artifacts = r.get("artifacts") or {}
+    folder = Path(artifacts["dir"]).name if artifacts.get("dir") else ""
+    console_link = (f' <a href="{escape(folder)}/{escape(artifacts.get("transcript", "console.log"))}">console.log</a>'
+                    if folder else "")
+    lines = _console_lines(r)
+    evidence = []
+    for stage in sorted((s for s in r.get("stages", []) if s.get("line")), key=lambda s: s["line"]):
+        n, t = stage["line"], stage.get("t")
+        summary = (f'<summary><b>{escape(stage["name"])}</b>{f" at {t:.1f} s" if t is not None else ""}, line {n}: '
+                   f'<code>{escape(stage["text"][:160])}</code></summary>')
+        if lines and n <= len(lines):
+            shown = range(max(1, n - CONTEXT_LINES), min(len(lines), n + CONTEXT_LINES) + 1)
+            body = "\n".join(f'{">" if i == n else " "}{i:>6}  {lines[i - 1]}' for i in shown)
+            evidence.append(f"<details>{summary}<pre>{escape(body)}</pre></details>")
+        else:
+            evidence.append(f"<details>{summary}<p>(the console log is not beside the report)</p></details>")
+    return (f'<section class="run"><h3><span class="badge {verdict}">{verdict}</span> '
+            f'{escape(r.get("run_id") or r["scenario"]["name"])}</h3>'
+            f'<p>image {escape(img.get("name") or "?")} ({escape(img.get("key") or "?")}), kernel '
+            f'<b>{escape(kernel)}</b>;{console_link}</p>'
+            f'<p>stage reached: <b>{escape(r.get("stage") or "-")}</b>; {diagnosis}</p>{_timeline_svg(r)}'
+            f'<div class="evidence">{"".join(evidence)}</div></section>')
+
+
 def html_report(reports: list[dict], data: dict) -> str:
-    """One self-contained page (no scripts, no external files): the verdict matrix, then each run's timeline."""
+    """One self-contained page (no scripts, no external files): the verdict matrix, then each run: its
+    image and kernel, its console, the diagnosis, its timeline and each stage's evidence in context."""
     from html import escape
     verdicts = ["reboot", "dump", "hang", "unknown", "error"]
     rows = []
@@ -149,17 +217,12 @@ def html_report(reports: list[dict], data: dict) -> str:
                                              f'{row["expectation_met"]}/{row["runs"]} held')
         rows.append(f'<tr><th>{escape(name)}</th><td>{escape(row["expect"] or "-")}</td>{cells}'
                     f'<td>{escape(held)}</td></tr>')
-    runs = []
-    for r in reports:
-        verdict = r["verdict"] or "error"
-        runs.append(f'<section class="run"><h3><span class="badge {verdict}">{verdict}</span> '
-                    f'{escape(r.get("run_id") or r["scenario"]["name"])}</h3>'
-                    f'<p>stage reached: <b>{escape(r.get("stage") or "-")}</b>; '
-                    f'{escape(r.get("diagnosis") or r.get("error") or "")}</p>{_timeline_svg(r)}</section>')
+    runs = [_run_html(r) for r in reports]
     style = ("body{font:14px sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}td.n{text-align:center;min-width:3em}"
              + "".join(f".{v}{{background:{c}22}}.badge.{v}{{background:{c};color:#fff}}" for v, c in COLOURS.items())
-             + ".badge{padding:2px 8px;border-radius:4px;font-size:12px}.run{margin:1.5em 0}")
+             + ".badge{padding:2px 8px;border-radius:4px;font-size:12px}.run{margin:1.5em 0}"
+             "details{margin:2px 0}pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:12px}")
     head = "".join(f"<th>{v}</th>" for v in verdicts)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>panic-lab {escape(data["invocation"])}</title>'
             f'<style>{style}</style></head><body><h1>panic-lab results: {escape(data["invocation"])}</h1>'

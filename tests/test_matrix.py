@@ -57,6 +57,10 @@ def test_the_html_report_renders_in_a_real_browser(matrix_run, need_tool):
     assert 'id="matrix"' in dom.stdout and "trigger-trigger-nmi" in dom.stdout and "trigger-trigger-cpu-1" in dom.stdout
     # Each run's timeline, drawn by the browser from the report: these runs reset after the panic.
     assert dom.stdout.count("<svg") == 2 and ">panic</text>" in dom.stdout and ">reset</text>" in dom.stdout
+    # Each run names the kernel that booted, links its console and folds each stage's evidence in context;
+    # these runs went on after their panic, so no timeline has a hang point.
+    assert dom.stdout.count(">console.log</a>") == 2 and dom.stdout.count(", kernel <b>") == 2
+    assert dom.stdout.count("<details>") >= 6 and "hang point" not in dom.stdout
     artifacts = ROOT / "results" / "test-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / f"report-{folder.name}.png"
