@@ -104,11 +104,12 @@ def _cache(cache: Path, c: _Cleaner, images: bool, snapshots: bool) -> None:
             c.remove_tree(unfinished, "removed unfinished snapshot")
     if snapshots and snaps.exists():
         c.remove_tree(snaps, "removed snapshots")
-    symbols = cache / "debuginfo"
-    for fetch in sorted(symbols.glob(".*-fetch-*-*")) if symbols.exists() else []:
+    apt = cache / "archive"
+    for fetch in sorted(apt.glob(".*-fetch-*-*")) if apt.exists() else []:
         pid = fetch.name.rsplit("-fetch-", 1)[-1].split("-", 1)[0]
         if pid.isdigit() and c.may_take(str(fetch), int(pid)):
-            c.remove_tree(fetch, "removed interrupted debug-symbol fetch")
+            c.remove_tree(fetch, "removed an interrupted fetch from Debian's archive")
+    symbols = cache / "debuginfo"
     for part in catalog.partial_downloads():
         if part.is_dir():
             part.rmdir()

@@ -48,7 +48,7 @@ def _check_writable(root: Path) -> None:
 def _cmd_run(args) -> int:
     import time
     import uuid
-    from . import batch, host, results
+    from . import batch, host, image, results
     scenarios = _scenarios(args)   # everything is validated before anything is created
     if args.parallel is not None and not 1 <= args.parallel <= 16:
         raise LabError("run", f"--parallel {args.parallel} is outside 1..16")
@@ -60,6 +60,8 @@ def _cmd_run(args) -> int:
     missing = host.missing_tools(raw_disks=any(s.profile == "hyperv-gen1" for s in scenarios))
     if missing:
         raise LabError("host", f"not installed: {', '.join(missing)}; `make setup` installs them")
+    for name, kernel in dict.fromkeys((s.image, s.kernel) for s in scenarios):
+        image.check_in_archive(name, kernel)
     host.disconnect(host.connect())   # libvirt must answer before a results folder is made
     folder = root / f"lab-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     try:

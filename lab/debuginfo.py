@@ -1,27 +1,24 @@
 """The crashed kernel's debug symbols, for `lab vmcore --debuginfo`: Debian's linux-image-RELEASE-dbg
-package, fetched by apt from Debian's archive (its signatures checked against the host's Debian
-keyring) and cached with only its vmlinux kept; then the crashed task's backtrace, read from the vmcore
-with drgn."""
+package, fetched from Debian's archive (lab/archive.py) and cached with only its vmlinux kept; then the
+crashed task's backtrace, read from the vmcore with drgn."""
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from . import image, paths
+from .archive import Archive, release_pockets
 from .errors import HostError, InputError
 
-KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 RELEASE = re.compile(r"[0-9][A-Za-z0-9.+~_-]*")
-STEP_SECONDS = 1800   # apt's download of a 0.9-1 GB package, or its unpacking (about 1 min here)
+STEP_SECONDS = 1800   # unpacking a 0.9-1 GB package (about 1 min here)
 
 
-def _suites(report: dict) -> list[str]:
-    """The archive suites the run's kernel came from: the recipe's release, and a SUITE/PACKAGE kernel's suite."""
+def _pockets(report: dict) -> list[str]:
+    """Where the run's kernel came from: the recipe's release (as the image installs it), and a
+    SUITE/PACKAGE kernel's suite."""
     img = report.get("image") or {}
     recipe = image.RECIPES.get(img.get("name"))
     source = img.get("kernel_source") or ""
@@ -32,37 +29,7 @@ def _suites(report: dict) -> list[str]:
         raise InputError("vmcore", f"the kernel came from {source}, not Debian's archive: give its vmlinux "
                                    "(with debug info) with --vmlinux PATH")
     archive = image.ARCHIVE_KERNEL.fullmatch(source)
-    return list(dict.fromkeys([recipe.suite, *([archive["suite"]] if archive else [])]))
-
-
-def _sources(suites: list[str]) -> str:
-    mirror = os.environ.get("LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-    security = os.environ.get("LAB_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
-    lines = []
-    for suite in suites:
-        pockets = [(mirror, suite)] if "-" in suite else [(mirror, suite), (mirror, f"{suite}-updates"),
-                                                          (security, f"{suite}-security")]
-        lines += [f"deb [signed-by={KEYRING}] {where} {pocket} main" for where, pocket in pockets]
-    return "\n".join(lines) + "\n"
-
-
-def _apt(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    """apt-get with its own sources, lists and cache in `tmp`: the host's apt state is neither read nor changed."""
-    opts = {"Dir::Etc::SourceList": tmp / "sources.list", "Dir::Etc::SourceParts": tmp / "sources.list.d",
-            "Dir::State::Lists": tmp / "lists", "Dir::Cache": tmp / "cache", "Debug::NoLocking": "true",
-            "Acquire::Check-Valid-Until": "false", "APT::Get::List-Cleanup": "false", "quiet": "1"}
-    argv = ["apt-get", *[a for k, v in opts.items() for a in ("-o", f"{k}={v}")], *args]
-    try:
-        return subprocess.run(argv, cwd=tmp, capture_output=True, text=True, timeout=STEP_SECONDS)
-    except FileNotFoundError:
-        raise HostError("vmcore", "apt-get is not installed: --debuginfo fetches Debian's packages with it") from None
-    except subprocess.TimeoutExpired:
-        raise HostError("vmcore", f"apt-get {args[0]} took longer than {STEP_SECONDS} s") from None
-
-
-def _said(done: subprocess.CompletedProcess) -> str:
-    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.startswith(("E:", "W:"))]
-    return (lines[0] if lines else (done.stderr.strip().splitlines() or ["no output"])[-1]).strip()
+    return [*release_pockets(recipe.suite), *([archive["suite"]] if archive else [])]
 
 
 def vmlinux_for(report: dict, log=sys.stderr) -> Path:
@@ -71,7 +38,7 @@ def vmlinux_for(report: dict, log=sys.stderr) -> Path:
     release = img.get("kernel_booted") or img.get("kernel") or ""
     if not RELEASE.fullmatch(release):
         raise InputError("vmcore", f"the run's report names no kernel release ({release!r}): give --vmlinux PATH")
-    suites = _suites(report)
+    suites = _pockets(report)
     root = paths.owned_cache() / "debuginfo"
     root.mkdir(exist_ok=True)
     final = root / release / "vmlinux"
@@ -81,32 +48,18 @@ def vmlinux_for(report: dict, log=sys.stderr) -> Path:
         if final.exists():   # fetched by another invocation while this one waited
             return final
         package = f"linux-image-{release}-dbg"
-        # The owner's pid is in the name: `lab clean` removes it once that process is gone.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{release}-fetch-{os.getpid()}-", dir=root))
-        try:
-            (tmp / "sources.list").write_text(_sources(suites))
-            for sub in ("sources.list.d", "lists/partial", "cache/archives/partial", "unpacked"):
-                (tmp / sub).mkdir(parents=True)
-            print(f"debuginfo: looking for {package} in {', '.join(suites)} (Debian's archive)", file=log, flush=True)
-            done = _apt(tmp, "update")
-            if done.returncode != 0:
-                raise HostError("vmcore", f"apt-get update for {', '.join(suites)} failed: {_said(done)}")
-            uris = _apt(tmp, "download", "--print-uris", package)
-            if uris.returncode != 0:
-                raise InputError("vmcore", f"{package} is not in {', '.join(suites)}: {_said(uris)}")
-            size = next((int(w) for line in uris.stdout.splitlines() for w in line.split()[2:3] if w.isdigit()), 0)
+        print(f"debuginfo: looking for {package} in {', '.join(suites)} (Debian's archive)", file=log, flush=True)
+        with Archive(suites, "vmcore", release) as archive:
+            size = archive.size_of(package)
             print(f"debuginfo: fetching {package} ({size / 2**20:.0f} MiB) and keeping its vmlinux; "
                   "a few minutes, once per kernel", file=log, flush=True)
-            done = _apt(tmp, "download", package)
-            debs = sorted(tmp.glob("*.deb"))
-            if done.returncode != 0 or not debs:
-                raise HostError("vmcore", f"apt-get download {package} failed: {_said(done)}")
-            _unpack_vmlinux(debs[0], release, tmp / "unpacked")
-            (tmp / release).mkdir()
-            (tmp / "unpacked" / "usr/lib/debug/boot" / f"vmlinux-{release}").rename(tmp / release / "vmlinux")
-            (tmp / release).rename(root / release)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            deb = archive.download(package)
+            unpacked = archive.dir / "unpacked"
+            unpacked.mkdir()
+            _unpack_vmlinux(deb, release, unpacked)
+            (archive.dir / release).mkdir()
+            (unpacked / "usr/lib/debug/boot" / f"vmlinux-{release}").rename(archive.dir / release / "vmlinux")
+            (archive.dir / release).rename(root / release)
         print(f"debuginfo: {final} ({final.stat().st_size / 2**20:.0f} MiB)", file=log, flush=True)
         return final
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import catalog, paths
+from .archive import Archive
 from .errors import HostError, InputError
 from .guest import OFFLINE_DEBIAN, Guest
 
@@ -89,7 +90,38 @@ def check_kernel(kernel: str) -> str | None:
         return f"kernel={kernel!r}: cannot read it ({exc.strerror})"
     if magic != b"!<arch>\n":
         return f"kernel={kernel!r} is not a Debian package (no ar archive header)"
+    seen = deb.stat()
+    return _deb_is_a_kernel(kernel, seen.st_size, seen.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _deb_is_a_kernel(path: str, size: int, mtime_ns: int) -> str | None:
+    """What dpkg-deb says the package is, if it is not an amd64 kernel image (linux-image-*)."""
+    try:
+        done = subprocess.run(["dpkg-deb", "--field", path, "Package", "Architecture"], capture_output=True,
+                              text=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        return f"kernel={path!r}: dpkg-deb could not read it ({exc.__class__.__name__})"
+    fields = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    if done.returncode != 0 or "Package" not in fields:
+        said = done.stderr.strip().splitlines()
+        return f"kernel={path!r}: dpkg-deb cannot read it ({said[-1] if said else 'no control fields'})"
+    if not fields["Package"].startswith("linux-image-"):
+        return f"kernel={path!r} is the package {fields['Package']!r}, not a kernel image (linux-image-*)"
+    if fields.get("Architecture") != "amd64":
+        return f"kernel={path!r} is built for {fields.get('Architecture')!r}; the guest is amd64"
     return None
+
+
+def check_in_archive(name: str, kernel: str, log=sys.stderr) -> None:
+    """A SUITE/PACKAGE kernel not built yet is looked up in Debian's archive first (apt, 10-20 s): one that
+    is not there is refused before anything starts, not after minutes of building."""
+    archive = ARCHIVE_KERNEL.fullmatch(kernel)
+    if not archive or name not in RECIPES or cached(name, kernel):
+        return
+    print(f"image: looking up {kernel} in Debian's archive", file=log, flush=True)
+    with Archive([archive["suite"]], "scenario", "kernel") as found:
+        found.size_of(archive["package"])
 
 
 def _kernel_identity(kernel: str) -> str:

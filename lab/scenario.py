@@ -185,6 +185,9 @@ def validate(s: Scenario) -> None:
         bad(f"trigger={s.trigger}: the guest has {s.vcpus} vCPU(s), numbered from 0")
     if not 1 <= s.repeat <= MAX_REPEAT:
         bad(f"repeat={s.repeat} is outside 1..{MAX_REPEAT}")
+    if s.keep and s.repeat > 1:   # every repeat would be kept, each spinning a host core until stopped
+        bad(f"keep with repeat={s.repeat} would keep {s.repeat} guests of one scenario; keep one (repeat=1), "
+            "or repeat without keep")
     for key in ("kdump_cmdline_append", "extra_cmdline"):
         if re.search(r"[\"'`$\\;|&<>\x00-\x1f\x7f]", getattr(s, key)):   # control characters include newlines
             bad(f"{key} may not carry quotes, newlines or shell metacharacters")

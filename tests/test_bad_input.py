@@ -217,3 +217,34 @@ def test_a_kernel_is_for_an_image_the_lab_builds(tmp_path):
     done = lab("run", "kdump", "--image", "ubuntu24.04", "--kernel-package", "sid/linux-image-amd64",
                "--results", str(tmp_path / "results"), env=NO_LIBVIRT)
     one_line_error(done, "scenario", "kernel needs an image the lab builds (debian11, debian12, debian13); ubuntu24.04 brings its own")
+
+
+def test_keep_with_repeats_is_one_line_before_anything_starts(tmp_path):
+    done = lab("run", "panic-hang", "--keep", "--repeat", "2", "--results", str(tmp_path / "results"), env=NO_LIBVIRT)
+    one_line_error(done, "scenario", "panic-hang: keep with repeat=2 would keep 2 guests of one scenario")
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_kernel_deb_that_is_not_a_kernel_image_is_one_line(tmp_path):
+    tree = tmp_path / "not-a-kernel"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text("Package: not-a-kernel\nVersion: 1\nArchitecture: amd64\n"
+                                             "Maintainer: x <x@example.org>\nDescription: not a kernel\n")
+    subprocess.run(["dpkg-deb", "--build", str(tree), str(tmp_path / "not-a-kernel.deb")], check=True, capture_output=True)
+    done = lab("run", "kdump", "--kernel-deb", str(tmp_path / "not-a-kernel.deb"), "--results", str(tmp_path / "results"),
+               env=NO_LIBVIRT)
+    one_line_error(done, "scenario", "is the package 'not-a-kernel', not a kernel image (linux-image-*)")
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_kernel_package_not_in_the_archive_is_refused_before_anything_starts(tmp_path):
+    """apt looks the package up in Debian's archive (its own scratch lists) before any build or domain."""
+    env = dict(NO_LIBVIRT, LAB_CACHE_DIR=str(tmp_path / "cache"))
+    done = lab("run", "kdump", "--kernel-package", "bookworm-backports/linux-image-no-such-kernel",
+               "--results", str(tmp_path / "results"), env=env)
+    assert done.returncode == 2, done.stderr
+    progress, error = done.stderr.splitlines()
+    assert progress == "image: looking up bookworm-backports/linux-image-no-such-kernel in Debian's archive"
+    assert error.startswith("lab: scenario: linux-image-no-such-kernel is not in bookworm-backports"), error
+    assert not (tmp_path / "results").exists()
+    assert list((tmp_path / "cache" / "archive").iterdir()) == []   # apt's scratch lists went with it

@@ -117,11 +117,11 @@ def test_a_cache_without_the_mark_is_left_alone(tmp_path, monkeypatch):
     """LAB_CACHE_DIR pointed at a folder of the user's: even --images --snapshots deletes nothing there."""
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path / "work"))
-    for sub in ("images/photos", "snapshots/holiday", "cloud/x", "debuginfo/.x-fetch-1-y"):
+    for sub in ("images/photos", "snapshots/holiday", "cloud/x", "archive/.x-fetch-1-y"):
         (tmp_path / sub).mkdir(parents=True)
     said = clean.clean(images=True, snapshots=True, force=True)
     assert all((tmp_path / sub).exists()
-               for sub in ("images/photos", "snapshots/holiday", "cloud/x", "debuginfo/.x-fetch-1-y")), said
+               for sub in ("images/photos", "snapshots/holiday", "cloud/x", "archive/.x-fetch-1-y")), said
     assert any("does not carry the lab's mark" in line for line in said)
 
 
@@ -130,9 +130,9 @@ def test_an_interrupted_symbol_fetch_goes_once_its_process_is_gone_and_symbols_o
     monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path / "work"))
     fetcher = subprocess.Popen(["sleep", "60"])   # another lab process, still fetching
     try:
-        symbols = paths.owned_cache() / "debuginfo"
-        abandoned = symbols / f".6.1.0-1-amd64-fetch-{dead_pid()}-a1"
-        going = symbols / f".6.1.0-2-amd64-fetch-{fetcher.pid}-b2"
+        apt, symbols = paths.owned_cache() / "archive", paths.owned_cache() / "debuginfo"
+        abandoned = apt / f".6.1.0-1-amd64-fetch-{dead_pid()}-a1"
+        going = apt / f".6.1.0-2-amd64-fetch-{fetcher.pid}-b2"
         fetched = symbols / "6.1.0-1-amd64"
         for folder in (abandoned, going, fetched):
             folder.mkdir(parents=True)

@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 
 from conftest import run_lab
 
@@ -99,9 +100,17 @@ def test_another_kernel_is_a_derived_image_of_the_same_recipe_keyed_by_the_packa
     own, backports = planned(), planned("--kernel-package", "bookworm-backports/linux-image-amd64")
     assert own.endswith("kernel: the image's own") and backports.endswith("kernel: bookworm-backports/linux-image-amd64")
     deb = tmp_path / "linux-image-test_1_amd64.deb"
-    deb.write_bytes(b"!<arch>\n" + b"one")
+
+    def build_deb(description):
+        tree = tmp_path / "tree"
+        (tree / "DEBIAN").mkdir(parents=True, exist_ok=True)
+        (tree / "DEBIAN" / "control").write_text(f"Package: linux-image-9.9.9-test\nVersion: 1\nArchitecture: amd64\n"
+                                                 f"Maintainer: x <x@example.org>\nDescription: {description}\n")
+        subprocess.run(["dpkg-deb", "--build", str(tree), str(deb)], check=True, capture_output=True)
+
+    build_deb("one")
     first = planned("--kernel-deb", str(deb))
-    deb.write_bytes(b"!<arch>\n" + b"two")   # same path, other contents: another image
+    build_deb("two")   # same path, other contents: another image
     second = planned("--kernel-deb", str(deb))
     keys = [line.split("(", 1)[1].split(")", 1)[0] for line in (own, backports, first, second)]
     assert len(set(keys)) == 4, keys
