@@ -48,9 +48,12 @@ def test_a_kept_guest_stays_hung_until_it_is_stopped(kept_run):
     assert name not in _domains()
     assert not (paths.work_dir() / run_id).exists()
     assert run_id not in {g["run_id"] for g in json.loads(run_lab("ps", "--json", text=True).stdout)}
+    gone = run_lab("attach", run_id, text=True)   # the run is over: one line, nothing started
+    assert gone.returncode == 2 and gone.stderr.count("\n") == 1 and f"no lab guest {run_id!r}" in gone.stderr
 
 
 @pytest.mark.libvirt
-def test_stopping_a_guest_that_is_not_there_is_one_line():
-    done = run_lab("stop", "no-such-run", text=True)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no lab guest 'no-such-run'" in done.stderr
+def test_stopping_or_attaching_to_a_guest_that_is_not_there_is_one_line():
+    for command in ("stop", "attach"):
+        done = run_lab(command, "no-such-run", text=True)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no lab guest 'no-such-run'" in done.stderr

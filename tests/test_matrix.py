@@ -60,7 +60,9 @@ def test_the_html_report_renders_in_a_real_browser(matrix_run, need_tool):
     # Each run names the kernel that booted, links its console and folds each stage's evidence in context;
     # these runs went on after their panic, so no timeline has a hang point.
     assert dom.stdout.count(">console.log</a>") == 2 and dom.stdout.count(", kernel <b>") == 2
-    assert dom.stdout.count("<details>") >= 6 and "hang point" not in dom.stdout
+    reports = [json.loads(p.read_text()) for p in folder.glob("*/report.json")]
+    with_lines = sum(1 for r in reports for s in r["stages"] if s.get("line"))   # a reset seen by the host has none
+    assert with_lines >= 4 and dom.stdout.count("<details>") == with_lines and "hang point" not in dom.stdout
     artifacts = ROOT / "results" / "test-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / f"report-{folder.name}.png"
