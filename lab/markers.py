@@ -78,7 +78,7 @@ KERNEL = _table("kernel", [
     ("crashkernel", r"crashkernel reserved: 0x"),
     ("crash_trigger", r"sysrq: (?:SysRq : )?Trigger a crash"),
     ("crash_trigger", r"SysRq : Trigger a crash"),
-    ("oops", r"(?:^|\] )(?:BUG: |Oops: |general protection fault|kernel BUG at|Unable to handle kernel)"),
+    ("oops", r"(?:^|\] )(?:BUG: |Oops: |general protection fault|kernel BUG at|Unable to handle kernel|Internal error: Oops)"),
     ("stall_warning", r"BUG: soft lockup - CPU#?\d+ stuck for"),
     ("stall_warning", r"rcu: INFO: rcu_\w+ (?:self-)?detected stalls? on CPU"),
     ("stall_warning", r"INFO: task \S+ blocked for more than \d+ seconds"),
@@ -88,6 +88,7 @@ KERNEL = _table("kernel", [
     ("reboot_announced", r"systemd-shutdown\[1\]: Rebooting"),
     ("kexec_handover", r"Starting crashdump kernel"),
     ("kexec_handover", r"^kexec_core: Starting new kernel"),
+    ("kexec_handover", r"^kexec: Starting switchover sequence"),   # powerpc's machine_kexec
     ("restart", r"reboot: Restarting system"),
     ("restart", r"Rebooting automatically due to panic= boot argument"),
     ("restart", r"sysrq: (?:SysRq : )?Resett?ing"),

@@ -123,9 +123,32 @@ def _is_reset(e: Event, capture: bool) -> bool:
     return e.kind in RESET_KINDS or (e.kind == G.KERNEL_BANNER and not capture)
 
 
+def crash_starts(events: list[Event], flags: list[bool]) -> list[int]:
+    """Where each crash of a first kernel begins: its panic, or, after an oops in the same boot with no
+    panic, the hand-over to the capture kernel (with kdump loaded, an oops goes to crash_kexec from die()
+    itself, and no panic line is printed: arm64's "Starting crashdump kernel...")."""
+    starts: list[int] = []
+    oops = panicked = False
+    for i, e in enumerate(events):
+        kind = e.kind
+        if kind == G.KERNEL_BANNER or kind == G.FIRMWARE:
+            oops = panicked = False
+        if flags[i]:
+            continue
+        if kind == G.PANIC:
+            starts.append(i)
+            panicked = True
+        elif kind == G.OOPS:
+            oops = True
+        elif kind == G.KEXEC_HANDOVER and oops and not panicked:
+            starts.append(i)
+            panicked = True
+    return starts
+
+
 def derive(events: list[Event]) -> Verdict:
     flags = capture_boots(events)
-    starts = [i for i, e in enumerate(events) if e.kind == G.PANIC and not flags[i]]
+    starts = crash_starts(events, flags)
     if not starts:
         capture_at = [i for i, e in enumerate(events) if flags[i]]
         if not capture_at:
@@ -161,8 +184,8 @@ def _stages(events, flags, start, end) -> list[StageReached]:
             mark(Stage.BOOTED, e)
         elif kind == armed and not capture:
             mark(Stage.ARMED, e)   # also from the panic's own "Kdump: loaded" line
-        elif kind == panic and not capture:
-            mark(PANICKED, e)
+        elif (kind == panic or (i == start and kind == G.KEXEC_HANDOVER)) and not capture:
+            mark(PANICKED, e)   # a crash that began at an oops's hand-over (crash_starts)
         elif (kind == banner or kind == cmdline) and capture:
             mark(CAPTURE, e)   # a log may start at the capture kernel's command line
         elif kind == saving:

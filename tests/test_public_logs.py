@@ -41,9 +41,11 @@ def test_accuracy_and_stage_floors():
     stages = sum(outcome(p)[1].stage == outcome(p)[0].stage for p in FILES)
     # 49 of 59 verdicts and 48 of 59 stages when collected (7 unknown, 3 wrong); 54 and 49 since the
     # halted, stall-warning and "saving, then reset" rules (5 unknown, none wrong); 62 of 68 and 57 of 68
-    # with nine more logs and Broadcom's CFE banner as firmware: never lower.
+    # with nine more logs and Broadcom's CFE banner as firmware; 61 stages since an oops's own hand-over
+    # to the capture kernel counts as the crash (arm64's "Starting crashdump kernel...", powerpc's
+    # "kexec: Starting switchover sequence"): never lower.
     assert right >= 62, f"only {right} of {len(FILES)} verdicts right"
-    assert stages >= 57, f"only {stages} of {len(FILES)} stages right"
+    assert stages >= 61, f"only {stages} of {len(FILES)} stages right"
 
 
 def test_no_certain_verdict_is_wrong():

@@ -157,3 +157,27 @@ def test_confidence_is_certain_only_where_the_log_shows_the_outcome():
         assert verdict_of(log).confidence == "likely", why
     cut = verdict_of(FIRST + PANIC)
     assert (cut.verdict, cut.confidence, cut.to_json()["confidence"]) == ("unknown", None, None)
+
+
+ARM64_OOPS = b"[ 194.9] Unable to handle kernel NULL pointer dereference at virtual address 0000000000000008\n" \
+             b"[ 194.9] Internal error: Oops: 0000000096000004 [#1] SMP\n" \
+             b"[ 194.9] CPU: 3 PID: 77 Comm: kworker Kdump: loaded Not tainted 6.6.0 #1\n" \
+             b"[ 194.9] SMP: stopping secondary CPUs\n"
+
+
+def test_an_oops_that_hands_over_to_the_capture_kernel_is_a_crash_without_a_panic_line():
+    """With kdump loaded, an oops goes to crash_kexec from die() itself: no "Kernel panic" line. Its
+    hand-over (arm64's, powerpc's) starts the crash; the log ending there says no more than that."""
+    for handover in (b"[ 194.9] Starting crashdump kernel...\n[ 194.9] Bye!\n",
+                     b"[ 21.9] kexec: Starting switchover sequence.\nI'm in purgatory\n"):
+        v = verdict_of(FIRST + ARM64_OOPS + handover)
+        assert (v.verdict, v.stage, v.rule) == ("unknown", "panicked", "R5"), handover
+        assert [s.name for s in v.stages] == ["booted", "armed", "panicked"]
+
+
+def test_a_hand_over_without_an_oops_or_after_a_panic_starts_no_crash_of_its_own():
+    # A kexec reboot (no oops) is not a crash; after a panic, the hand-over belongs to that panic's crash.
+    v = verdict_of(FIRST + b"[ 50.0] kexec_core: Starting new kernel\n")
+    assert (v.verdict, v.stage) == ("unknown", "booted")
+    v = verdict_of(FIRST + PANIC + b"[ 40.2] Starting crashdump kernel...\n")
+    assert v.stage == "panicked" and not v.earlier and v.stages[-1].text.startswith("Kernel panic")
