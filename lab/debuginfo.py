@@ -9,11 +9,16 @@ import sys
 from pathlib import Path
 
 from . import image, paths
-from .archive import Archive, release_pockets
+from .archive import STEP_SECONDS, Archive, release_pockets
 from .errors import HostError, InputError
 
 RELEASE = re.compile(r"[0-9][A-Za-z0-9.+~_-]*")
-STEP_SECONDS = 1800   # unpacking a 0.9-1 GB package (about 1 min here)
+
+
+def booted_release(report: dict) -> str:
+    """The kernel release a run booted (read from its console), else the one its image holds; "" if neither."""
+    img = report.get("image") or {}
+    return img.get("kernel_booted") or img.get("kernel") or ""
 
 
 def _pockets(report: dict) -> list[str]:
@@ -34,11 +39,10 @@ def _pockets(report: dict) -> list[str]:
 
 def vmlinux_for(report: dict, log=sys.stderr) -> Path:
     """The vmlinux (with debug info) of the kernel that crashed in this run: from the cache, or fetched once."""
-    img = report.get("image") or {}
-    release = img.get("kernel_booted") or img.get("kernel") or ""
+    release = booted_release(report)
     if not RELEASE.fullmatch(release):
         raise InputError("vmcore", f"the run's report names no kernel release ({release!r}): give --vmlinux PATH")
-    suites = _pockets(report)
+    pockets = _pockets(report)
     root = paths.owned_cache() / "debuginfo"
     root.mkdir(exist_ok=True)
     final = root / release / "vmlinux"
@@ -48,8 +52,8 @@ def vmlinux_for(report: dict, log=sys.stderr) -> Path:
         if final.exists():   # fetched by another invocation while this one waited
             return final
         package = f"linux-image-{release}-dbg"
-        print(f"debuginfo: looking for {package} in {', '.join(suites)} (Debian's archive)", file=log, flush=True)
-        with Archive(suites, "vmcore", release) as archive:
+        print(f"debuginfo: looking for {package} in {', '.join(pockets)} (Debian's archive)", file=log, flush=True)
+        with Archive(pockets, "vmcore", release) as archive:
             size = archive.size_of(package)
             print(f"debuginfo: fetching {package} ({size / 2**20:.0f} MiB) and keeping its vmlinux; "
                   "a few minutes, once per kernel", file=log, flush=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from . import paths, recorded
-from .transcript import clean
+from .transcript import console_lines
 from .verdict import derive
 from .vocabulary import Stage
 
@@ -41,7 +41,7 @@ class ConsoleText:
 
     def __init__(self, raw: bytes, stages: list[dict] | None = None):
         self.raw = raw
-        self.lines = [clean(line)[0] for line in raw.decode("utf-8", errors="replace").split("\n")]
+        self.lines = console_lines(raw)
         self._stages = stages or []
 
     @property

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import debuginfo, vmcore
 from .errors import HostError, InputError, shown_path
+from .transcript import console_lines
 from .vocabulary import HostEvent, Stage
 
 
@@ -163,14 +164,12 @@ CONTEXT_LINES = 3   # console lines shown around each stage's evidence
 
 
 def _console_lines(r: dict) -> list[str] | None:
-    """The run's console, numbered as the stages' `line` counts it (the transcript's cleaned lines)."""
-    from .transcript import clean
+    """The run's console, numbered as the stages' `line` counts it."""
     artifacts = r.get("artifacts") or {}
     try:
-        raw = (Path(artifacts["dir"]) / artifacts.get("transcript", "console.log")).read_bytes()
+        return console_lines((Path(artifacts["dir"]) / artifacts.get("transcript", "console.log")).read_bytes())
     except (KeyError, TypeError, OSError):
         return None
-    return [clean(line)[0] for line in raw.decode("utf-8", errors="replace").split("\n")]
 
 
 def _run_html(r: dict) -> str:
@@ -180,7 +179,7 @@ def _run_html(r: dict) -> str:
     for kb, url in KB_LINKS.items():
         diagnosis = diagnosis.replace(kb, f'<a href="{url}">{kb}</a>')
     img = r.get("image") or {}
-    kernel = img.get("kernel_booted") or img.get("kernel") or "?"
+    kernel = debuginfo.booted_release(r) or "?"
     artifacts = r.get("artifacts") or {}
     folder = Path(artifacts["dir"]).name if artifacts.get("dir") else ""
     console_link = (f' <a href="{escape(folder)}/{escape(artifacts.get("transcript", "console.log"))}">console.log</a>'
@@ -312,6 +311,6 @@ def vmcore_opened(run_id: str, results: Path, lines: int = 25, symbols: bool = F
         out += [f"the crashed kernel's log, lines {start + 1}-{start + len(shown)} of {len(dmesg)} "
                 f"({folder / found['dmesg']}):", *shown]
     if symbols or vmlinux is not None:
-        release = (report.get("image") or {}).get("kernel_booted") or (report.get("image") or {}).get("kernel") or ""
-        out += debuginfo.backtrace(folder / found["file"], vmlinux or debuginfo.vmlinux_for(report), release)
+        out += debuginfo.backtrace(folder / found["file"], vmlinux or debuginfo.vmlinux_for(report),
+                                   debuginfo.booted_release(report))
     return out

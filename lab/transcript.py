@@ -51,6 +51,11 @@ def clean(raw: str) -> tuple[str, float | None]:
     return _tidy(text.translate(CONTROL_STR))
 
 
+def console_lines(raw: bytes) -> list[str]:
+    """A saved console, cleaned line by line and numbered (from 1) as events' `line` counts it."""
+    return [clean(line)[0] for line in raw.decode("utf-8", errors="replace").split("\n")]
+
+
 def clean_bytes(raw: bytes, scrubbed: bool = False) -> tuple[str, float | None]:
     """clean() of raw decoded as UTF-8 (bad bytes replaced); scrubbed: its ANSI sequences are already
     gone (a second pass could join what is left into a new one). Without ESC, control bytes can become
