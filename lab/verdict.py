@@ -127,20 +127,21 @@ def crash_starts(events: list[Event], flags: list[bool]) -> list[int]:
     """Where each crash of a first kernel begins: its panic, or, after an oops in the same boot with no
     panic, the hand-over to the capture kernel (with kdump loaded, an oops goes to crash_kexec from die()
     itself, and no panic line is printed: arm64's "Starting crashdump kernel...")."""
+    banner, firmware, panic, oops_kind, handover = G.KERNEL_BANNER, G.FIRMWARE, G.PANIC, G.OOPS, G.KEXEC_HANDOVER
     starts: list[int] = []
     oops = panicked = False
     for i, e in enumerate(events):
         kind = e.kind
-        if kind == G.KERNEL_BANNER or kind == G.FIRMWARE:
+        if kind == banner or kind == firmware:
             oops = panicked = False
         if flags[i]:
             continue
-        if kind == G.PANIC:
+        if kind == panic:
             starts.append(i)
             panicked = True
-        elif kind == G.OOPS:
+        elif kind == oops_kind:
             oops = True
-        elif kind == G.KEXEC_HANDOVER and oops and not panicked:
+        elif kind == handover and oops and not panicked:
             starts.append(i)
             panicked = True
     return starts
@@ -173,7 +174,7 @@ def _stages(events, flags, start, end) -> list[StageReached]:
         if name not in reached:
             reached[name] = StageReached(name, e.line, e.text, e.t, e.kt)
 
-    banner, armed, panic, cmdline = G.KERNEL_BANNER, G.KDUMP_ARMED, G.PANIC, G.KERNEL_CMDLINE
+    banner, armed, panic, cmdline, handover = G.KERNEL_BANNER, G.KDUMP_ARMED, G.PANIC, G.KERNEL_CMDLINE, G.KEXEC_HANDOVER
     saving, saved, login = G.DUMP_SAVING, G.DUMP_SAVED, G.LOGIN_PROMPT
     PANICKED, CAPTURE = Stage.PANICKED, Stage.CAPTURE_KERNEL_BOOTED
     reset_seen = False
@@ -184,7 +185,7 @@ def _stages(events, flags, start, end) -> list[StageReached]:
             mark(Stage.BOOTED, e)
         elif kind == armed and not capture:
             mark(Stage.ARMED, e)   # also from the panic's own "Kdump: loaded" line
-        elif (kind == panic or (i == start and kind == G.KEXEC_HANDOVER)) and not capture:
+        elif (kind == panic or (kind == handover and i == start)) and not capture:
             mark(PANICKED, e)   # a crash that began at an oops's hand-over (crash_starts)
         elif (kind == banner or kind == cmdline) and capture:
             mark(CAPTURE, e)   # a log may start at the capture kernel's command line
