@@ -14,7 +14,7 @@ from . import paths
 from .errors import HostError, InputError
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-STEP_SECONDS = 1800   # apt's download of a 0.9-1 GB package
+STEP_SECONDS = 1800   # apt's download of a 0.9-1 GB package, or unpacking one
 
 
 def release_pockets(suite: str) -> list[str]:
@@ -41,18 +41,18 @@ class Archive:
     """apt on the given suites (pockets), in a scratch folder of its own (removed on exit); errors name `stage`."""
 
     def __init__(self, pockets: list[str], stage: str, what: str):
-        self.suites, self.stage, self.what = list(dict.fromkeys(pockets)), stage, what
+        self.pockets, self.stage, self.what = list(dict.fromkeys(pockets)), stage, what
 
     def __enter__(self) -> "Archive":
         # The owner's pid is in the name: `lab clean` removes it once that process is gone.
         self.dir = Path(tempfile.mkdtemp(prefix=f".{self.what}-fetch-{os.getpid()}-", dir=scratch_root()))
         try:
-            (self.dir / "sources.list").write_text(sources(self.suites))
+            (self.dir / "sources.list").write_text(sources(self.pockets))
             for sub in ("sources.list.d", "lists/partial", "cache/archives/partial"):
                 (self.dir / sub).mkdir(parents=True)
             done = self._apt("update")
             if done.returncode != 0:
-                raise HostError(self.stage, f"apt-get update for {', '.join(self.suites)} failed: {_said(done)}")
+                raise HostError(self.stage, f"apt-get update for {', '.join(self.pockets)} failed: {_said(done)}")
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
@@ -77,7 +77,7 @@ class Archive:
         """The package's size in bytes; an InputError if no suite has it."""
         done = self._apt("download", "--print-uris", package)
         if done.returncode != 0:
-            raise InputError(self.stage, f"{package} is not in {', '.join(self.suites)} (Debian's archive): {_said(done)}")
+            raise InputError(self.stage, f"{package} is not in {', '.join(self.pockets)} (Debian's archive): {_said(done)}")
         return next((int(w) for line in done.stdout.splitlines() for w in line.split()[2:3] if w.isdigit()), 0)
 
     def download(self, package: str) -> Path:

@@ -109,7 +109,6 @@ def _cache(cache: Path, c: _Cleaner, images: bool, snapshots: bool) -> None:
         pid = fetch.name.rsplit("-fetch-", 1)[-1].split("-", 1)[0]
         if pid.isdigit() and c.may_take(str(fetch), int(pid)):
             c.remove_tree(fetch, "removed an interrupted fetch from Debian's archive")
-    symbols = cache / "debuginfo"
     for part in catalog.partial_downloads():
         if part.is_dir():
             part.rmdir()
@@ -124,6 +123,7 @@ def _cache(cache: Path, c: _Cleaner, images: bool, snapshots: bool) -> None:
         for built in image_root.iterdir():
             if built.is_dir() and not built.name.startswith("."):
                 c.remove_tree(built, "removed image")
+    symbols = cache / "debuginfo"
     if images and symbols.exists():
         for fetched in symbols.iterdir():
             if fetched.is_dir() and not fetched.name.startswith("."):

@@ -23,7 +23,6 @@ from .errors import HostError, InputError
 from .guest import OFFLINE_DEBIAN, Guest
 
 
-
 @dataclass(frozen=True)
 class Recipe:
     """A guest the lab builds offline: a recipe folder (its build.sh) and the Debian release it installs."""
