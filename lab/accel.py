@@ -20,7 +20,7 @@ from pathlib import Path
 
 import libvirt
 
-from . import host, paths, profiles, signals
+from . import host, paths, profiles, qemu_user, signals
 from .errors import HostError
 
 PROBE_SECONDS = 20.0
@@ -86,7 +86,14 @@ def unprobed() -> Accel:
 def detect(conn: libvirt.virConnect, probe_kernel) -> Accel:
     """`probe_kernel()` gives the kernel a probe boots (asked for only when a probe really runs); the
     probe's disk-less domain renders from the real template."""
-    render = profiles.probe_renderer(probe_kernel, profiles.run_as_root(conn))
+    qemu = qemu_user.for_connection(conn)
+
+    def readable_kernel() -> str:
+        kernel = probe_kernel() if callable(probe_kernel) else probe_kernel
+        if qemu:
+            qemu.check_reads("accel", [Path(kernel)])
+        return kernel
+    render = profiles.probe_renderer(readable_kernel, qemu.label if qemu else None)
     forced = os.environ.get("LAB_ACCEL")
     if forced and forced not in ("kvm", "tcg"):
         raise HostError("accel", f"LAB_ACCEL={forced!r}: expected kvm or tcg")

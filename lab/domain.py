@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
-from . import host, paths, signals
+from . import host, paths, qemu_user, reaper, signals
 from . import seed as seed_mod
 from . import snapshot as snapshot_mod
 from .errors import HostError
-from .profiles import PROFILES, STANDINS, render_xml, run_as_root
+from .profiles import PROFILES, STANDINS, render_xml
 from .seed import Seed, write_iso
 from .vocabulary import HostEvent
 
@@ -122,6 +122,11 @@ class Domain:
                 pass
         self.callbacks.clear()
 
+    def keep(self) -> None:
+        """Leave the domain running on purpose: no watcher may destroy it when the lab exits."""
+        self.release()
+        reaper.release(self.name)
+
     def destroy(self) -> None:
         self.release()
         if self.dom is not None and not self.destroyed:
@@ -131,6 +136,7 @@ class Domain:
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     self._destroy_on_a_new_connection()
+        reaper.release(self.name)
 
     def _destroy_on_a_new_connection(self, wait: float = 30.0) -> None:
         """The run's connection may be gone (libvirtd restarted): the domain still runs, so reach it anew."""
@@ -153,7 +159,7 @@ class Domain:
 
 
 def render(scenario: Scenario, image: Image, accel: Accel, run_id: str, overlay: Path, iso: Path,
-           as_root: bool) -> tuple[str, Seed, KdumpTools]:
+           qemu_label: str | None) -> tuple[str, Seed, KdumpTools]:
     """Everything a run's domain is made of, as text: its XML, its seed, its kdump config (kdump-tools' form)."""
     kdump = seed_mod.kdump_tools_config(scenario, STANDINS.get(scenario.profile, {}))   # once: the seed and the report use it
     seed = seed_mod.render(scenario, run_id, STANDINS.get(scenario.profile, {}), image.guest, translated=kdump)
@@ -162,13 +168,16 @@ def render(scenario: Scenario, image: Image, accel: Accel, run_id: str, overlay:
                      run_id=run_id, scenario=scenario.name, memory_mib=scenario.memory_mib, vcpus=scenario.vcpus,
                      kernel=str(image.kernel) if image.kernel else None,
                      initrd=str(image.initrd) if image.initrd else None, cmdline=scenario.cmdline(),
-                     overlay=str(overlay), seed=str(iso), run_as_root=as_root,
+                     overlay=str(overlay), seed=str(iso), qemu_label=qemu_label,
                      hv_crash=scenario.hv_crash, user_network=bool(image.guest.packages))
     return xml, seed, kdump
 
 
 def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str) -> Domain:
     name = f"{paths.NAME_PREFIX}{run_id}"
+    qemu = qemu_user.for_connection(conn)
+    if qemu:
+        qemu.check_reads("domain", [p for p in (image.disk, image.kernel, image.initrd) if p])
     workdir = paths.new_scratch(run_id)
     try:
         fmt = PROFILES[scenario.profile]["overlay_format"]
@@ -181,8 +190,14 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
         if made.returncode != 0:
             raise HostError("domain", f"qemu-img create failed: {made.stderr.strip()[:200]}")
         iso = workdir / "seed.iso"
-        xml, seed, kdump = render(scenario, image, accel, run_id, overlay, iso, run_as_root(conn))
+        xml, seed, kdump = render(scenario, image, accel, run_id, overlay, iso, qemu.label if qemu else None)
         write_iso(seed, workdir)
+        if qemu:   # the seed holds the guest's root password: QEMU's user alone reads it
+            qemu.give(overlay, 0o600)
+            qemu.give(iso, 0o400)
+            qemu.check_reads("domain", [overlay, iso])   # LAB_WORK_DIR may lie where it cannot pass
+        else:
+            iso.chmod(0o600)
     except BaseException:
         paths.remove_scratch(workdir)
         raise
@@ -195,7 +210,7 @@ def from_snapshot(conn: libvirt.virConnect, scenario: Scenario, snap: snapshot_m
     workdir = paths.new_scratch(run_id)
     try:
         with signals.held():   # a restored domain exists from here on: keep its handle
-            libvirt_dom, overlay, xml = snapshot_mod.restore(conn, snap, workdir, run_id)
+            libvirt_dom, overlay, xml = snapshot_mod.restore(conn, snap, workdir, run_id, qemu_user.for_connection(conn))
     except BaseException:
         paths.remove_scratch(workdir)
         raise

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import accel as accel_mod
-from . import domain, image, paths, seed
+from . import domain, host, image, paths, qemu_user, seed
 from .scenario import Scenario
 
 CRASHKERNEL_ARG = re.compile(r"\s*\bcrashkernel=\S+")
@@ -30,7 +30,7 @@ def plan(scenario: Scenario, folder: Path) -> list[Piece]:
     run_id = f"{scenario.name}-dry-run"
     scratch = paths.work_dir() / run_id   # where a run would put them; nothing is made there
     xml, rendered, kdump = domain.render(scenario, img, accel, run_id, scratch / "disk.qcow2", scratch / "seed.iso",
-                                         as_root=True)
+                                         qemu_user.label_for_uri(host.uri()))
     folder.mkdir(parents=True, exist_ok=True)
     pieces = [Piece("domain XML", folder / "domain.xml"), Piece("NoCloud user-data", folder / "user-data"),
               Piece("NoCloud meta-data", folder / "meta-data"), Piece("kernel command lines", folder / "cmdline.txt"),

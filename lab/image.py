@@ -165,6 +165,8 @@ def _load(name: str, key: str) -> Image | None:
     if not manifest.exists():
         return None
     data = json.loads(manifest.read_text())
+    if where.stat().st_mode & 0o005 != 0o005:   # built before QEMU ran as libvirt's user (then 0700)
+        where.chmod(0o755)
     return Image(name, key, where / "disk.qcow2", where / "vmlinuz", where / "initrd.img", data["kernel_version"],
                  RECIPES[name].guest, data.get("kernel_source", ""))
 
@@ -236,6 +238,7 @@ def ensure(name: str, log=sys.stderr, kernel: str = "") -> Image:
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_seconds": round(time.monotonic() - started, 1),
             }, indent=2))
             (tmp / BUILDER).unlink()
+            tmp.chmod(0o755)   # QEMU runs as libvirt's user: it reads the disk, kernel and initrd
             tmp.rename(_image_dir(name, key))
         finally:
             if tmp.exists():

@@ -232,7 +232,7 @@ class Lifecycle:
             steps.append(("console", self.console.close))
         if self.dom and self.scenario.keep and self.followed:
             # Kept as it is, hung capture kernel and all: `lab ps` lists it, `lab stop` or `lab clean` ends it.
-            steps += [("release", self.dom.release),
+            steps += [("release", self.dom.keep),
                       ("keep", lambda: kept.record(self.dom.workdir, self.run_id, self.dom.name, self.dom.uri,
                                                    str(self.transcript.path.parent), derive(self.transcript.events())))]
             self.facts["kept"] = kept.how_to_reach(self.run_id, self.dom.name, self.dom.uri)

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,12 +26,45 @@ OWNER = "owner.pid"          # in a run's scratch: the lab process that owns it
 NEW_SCRATCH = ".new-"        # a run's scratch while it is being made: .new-<pid>-<random>
 
 
-def _default_cache() -> Path:
+# As root, QEMU runs as libvirt's own user (lab/qemu_user.py), which cannot pass /root (0700).
+ROOT_CACHE = Path("/var/cache/panic-lab")
+
+
+def _home_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "panic-lab"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LAB_CACHE_DIR") or _default_cache())
+    if os.environ.get("LAB_CACHE_DIR"):
+        return Path(os.environ["LAB_CACHE_DIR"])
+    if os.geteuid() != 0:
+        return _home_cache()
+    _move_home_cache_once()
+    return ROOT_CACHE
+
+
+_moved = False
+
+
+def _move_home_cache_once() -> None:
+    """Before QEMU ran unprivileged, root's cache was under ~/.cache: the lab moves its own marked cache
+    (a rename: images are gigabytes) the first time; anything else there is left and said."""
+    global _moved
+    old = _home_cache()
+    if _moved or ROOT_CACHE.exists() or not is_marked(old):
+        _moved = True
+        return
+    _moved = True
+    try:
+        ROOT_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, ROOT_CACHE)
+        os.chmod(ROOT_CACHE, 0o755)
+        print(f"cache: moved {old} to {ROOT_CACHE} (QEMU now runs as libvirt's unprivileged user, "
+              "which cannot read under /root)", file=sys.stderr, flush=True)
+    except OSError as exc:
+        if not ROOT_CACHE.exists():
+            print(f"cache: {old} is no longer used, and could not be moved to {ROOT_CACHE} ({exc.strerror}); "
+                  "move it there by hand, or remove it", file=sys.stderr, flush=True)
 
 
 def work_dir() -> Path:
@@ -60,6 +94,7 @@ def claim(folder: Path, adopt: bool = False) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}{NEW_SCRATCH}", dir=folder.parent))
     try:
+        os.chmod(tmp, 0o755)   # QEMU's unprivileged user passes through to the images
         _write_mark(tmp)
         try:
             os.rename(tmp, folder)   # replaces an empty folder; fails on a non-empty one
@@ -84,17 +119,21 @@ def owned_cache() -> Path:
 
 
 def scratch_root() -> Path:
-    """The marked folder that holds every run's scratch."""
+    """The marked folder that holds every run's scratch: QEMU's user may pass through it, not list it."""
     if os.environ.get("LAB_WORK_DIR"):
-        return claim(work_dir())
-    owned_cache()   # the cache's own runs folder: the cache is the lab's, so is this
-    return claim(work_dir(), adopt=True)
+        root = claim(work_dir())
+    else:
+        owned_cache()   # the cache's own runs folder: the cache is the lab's, so is this
+        root = claim(work_dir(), adopt=True)
+    os.chmod(root, 0o711)
+    return root
 
 
 def new_scratch(run_id: str) -> Path:
     """A run's scratch folder, with its owner's pid in it from the first moment it exists."""
     root = scratch_root()
     tmp = Path(tempfile.mkdtemp(prefix=f"{NEW_SCRATCH}{os.getpid()}-", dir=root))
+    os.chmod(tmp, 0o711)   # QEMU's user may open the files it was given, and list nothing
     (tmp / OWNER).write_text(f"{os.getpid()}\n")
     try:
         os.rename(tmp, root / run_id)

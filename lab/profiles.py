@@ -8,7 +8,6 @@ import shutil
 import uuid
 
 import jinja2
-import libvirt
 
 from . import paths
 
@@ -53,17 +52,12 @@ def render_xml(profile: str, **context) -> str:
     return _env.get_template(spec["template"]).render(**values)
 
 
-def probe_renderer(kernel, run_as_root: bool):
+def probe_renderer(kernel, qemu_label: str | None):
     """A disk-less domain for the accelerator probes, from the same template as real runs. `kernel` is a
     path, or a function giving one: asked for only when a probe really runs."""
     def render(accel: dict, hyperv: list, label: str) -> str:
         return render_xml("default", accel=accel, hyperv=hyperv, name=f"{paths.NAME_PREFIX}{label}-{uuid.uuid4().hex[:6]}",
                           uuid=str(uuid.uuid4()), run_id="probe", scenario="probe", memory_mib=256, vcpus=1,
                           kernel=kernel() if callable(kernel) else kernel, initrd=None, cmdline="console=ttyS0,115200 panic=-1", overlay=None,
-                          seed=None, run_as_root=run_as_root)
+                          seed=None, qemu_label=qemu_label)
     return render
-
-
-def run_as_root(conn: libvirt.virConnect) -> bool:
-    # qemu:///system runs QEMU as libvirt-qemu, which cannot reach a cache under /root.
-    return os.geteuid() == 0 and conn.getURI().endswith("/system")

@@ -77,8 +77,8 @@ def write_iso(seed: Seed, directory: Path) -> Path:
         raise HostError("domain", "genisoimage is not installed (make setup)")
     src = directory / "cidata"
     src.mkdir()
-    (src / "user-data").write_text(seed.user_data)
-    (src / "meta-data").write_text(seed.meta_data)
+    paths.private_file(src / "user-data", seed.user_data)
+    paths.private_file(src / "meta-data", seed.meta_data)
     iso = directory / "seed.iso"
     done = subprocess.run([tool, "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet", "-rock",
                            str(src / "user-data"), str(src / "meta-data")], capture_output=True, text=True)

@@ -19,12 +19,16 @@ import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import libvirt
 
-from . import paths
+from . import paths, reaper
 from .errors import HostError
 from .scenario import Scenario
+
+if TYPE_CHECKING:
+    from .qemu_user import QemuUser
 
 # What does not change the ready guest: how the panic is triggered, what is expected, how often, how long to wait.
 NOT_GUEST_STATE = {"name", "description", "trigger", "expect", "repeat", "stall_seconds", "boot_seconds",
@@ -98,6 +102,8 @@ def save(conn: libvirt.virConnect, dom: libvirt.virDomain, overlay: Path, seed_i
         xml = _retarget(conn.saveImageGetXMLDesc(str(tmp / "state.save")), {str(overlay): str(snap.folder / disk.name),
                                                                            str(seed_iso): str(snap.folder / "seed.iso")})
         conn.saveImageDefineXML(str(tmp / "state.save"), xml)
+        if os.geteuid() == 0:   # the guest's QEMU user owned it: it must not be able to make it writable again
+            os.chown(disk, 0, 0)
         os.chmod(disk, 0o444)   # repeats write to their own overlays or copies
         paths.private_file(tmp / "user-data", user_data)
         (tmp / "ready.json").write_text(json.dumps({"disk": disk.name, "facts": facts}, indent=2))
@@ -119,7 +125,8 @@ def _retarget(xml: str, paths_map: dict[str, str], run_id: str | None = None) ->
     return ET.tostring(tree, encoding="unicode")
 
 
-def restore(conn: libvirt.virConnect, snap: Snapshot, workdir: Path, run_id: str) -> tuple[libvirt.virDomain, Path, str]:
+def restore(conn: libvirt.virConnect, snap: Snapshot, workdir: Path, run_id: str,
+            qemu: QemuUser | None = None) -> tuple[libvirt.virDomain, Path, str]:
     """A new, paused domain from the snapshot, on its own disk in workdir.
 
     It keeps the saved domain's name and UUID (libvirt checks a restored guest's ABI against the saved
@@ -133,11 +140,17 @@ def restore(conn: libvirt.virConnect, snap: Snapshot, workdir: Path, run_id: str
     made = subprocess.run(cmd, capture_output=True, text=True)
     if made.returncode != 0:
         raise HostError("snapshot", f"{cmd[0]} failed: {made.stderr.strip()[:200]}")
-    os.chmod(overlay, 0o644)
+    if qemu:
+        qemu.check_reads("snapshot", [base, snap.folder / "seed.iso"])
+        qemu.give(overlay, 0o600)
+    else:
+        os.chmod(overlay, 0o600)
     xml = _retarget(conn.saveImageGetXMLDesc(str(snap.state)), {str(base): str(overlay)}, run_id=run_id)
     name = ET.fromstring(xml).find("name").text
+    reaper.watch(conn.getURI(), name)   # from before it exists: libvirt's restore has no autodestroy
     try:
         conn.restoreFlags(str(snap.state), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
         return conn.lookupByName(name), overlay, xml
     except libvirt.libvirtError as exc:
+        reaper.release(name)
         raise HostError("snapshot", f"libvirt could not restore {snap.folder.name}: {exc.get_error_message()}") from None

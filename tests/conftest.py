@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,9 @@ def side_by_side(tmp_path_factory):
     this host's two cores, which the deadlines must take."""
     tmp = tmp_path_factory.mktemp("side-by-side")
     (tmp / "triggers.toml").write_text(TRIGGER_MATRIX)
-    env = dict(os.environ, LAB_WORK_DIR=str(tmp / "work"), LAB_RESULTS_DIR=str(tmp / "results"))
+    work = qemu_passable_folder("side-by-side")
+    (tmp / "work").symlink_to(work)   # for the test's eyes; the lab is given the real path
+    env = dict(os.environ, LAB_WORK_DIR=str(work), LAB_RESULTS_DIR=str(tmp / "results"))
     procs = [spawn_lab("run", str(tmp / "triggers.toml"), "--parallel", "2", "--json", env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE),
              spawn_lab("run", "panic-reboot", "--json", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
@@ -141,7 +144,23 @@ def side_by_side(tmp_path_factory):
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
                 p.wait(timeout=180)
-    return tmp, matrix, single
+    yield tmp, matrix, single
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def qemu_passable_folder(purpose: str) -> Path:
+    """A folder for LAB_WORK_DIR that QEMU's unprivileged user can pass through: pytest's own temporary
+    folders are 0700 (the caller removes it)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"panic-lab-{purpose}-", dir="/var/tmp"))
+    folder.chmod(0o711)
+    return folder
+
+
+@pytest.fixture
+def passable_tmp():
+    folder = qemu_passable_folder("test")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -179,14 +179,14 @@ def test_a_full_disk_for_the_overlay_is_a_host_error_with_nothing_left(tmp_path,
 
 
 @pytest.mark.live
-def test_a_full_disk_for_the_transcript_stops_the_run_as_a_host_error(tmp_path, tiny_disk):
+def test_a_full_disk_for_the_transcript_stops_the_run_as_a_host_error(passable_tmp, tiny_disk):
     results = tiny_disk(32)     # room for the domain XML, the seed and a few seconds of a boot's console output
     before = _lab_domains()
-    done = lab("run", "panic-reboot", "--results", str(results), env={"LAB_WORK_DIR": str(tmp_path / "scratch")})
+    done = lab("run", "panic-reboot", "--results", str(results), env={"LAB_WORK_DIR": str(passable_tmp / "scratch")})
     assert re.search(r"cut short: transcript: cannot write \S+/console.log: No space left on device", done.stderr), done.stderr
     assert done.returncode != 0 and "lab: report: cannot write" in done.stderr, done.stderr
     assert _lab_domains() == before
-    assert run_scratch_left(tmp_path / "scratch") == []
+    assert run_scratch_left(passable_tmp / "scratch") == []
     (log,) = list(results.rglob("console.log"))
     assert log.stat().st_size > 0   # what fit on the disk is kept
 

@@ -8,7 +8,7 @@ import uuid
 import libvirt
 import pytest
 
-from lab import clean, host, image, paths, profiles
+from lab import clean, host, image, paths, profiles, qemu_user
 from lab.errors import LabError
 
 pytestmark = pytest.mark.libvirt   # domains are started paused and disk-less: no guest boots
@@ -26,7 +26,7 @@ def start(conn, name: str, with_metadata: bool, owner: int):
     kernel = image.cached("debian12")
     if kernel is None:
         pytest.skip("the debian12 image is not built (make image)")
-    xml = profiles.probe_renderer(str(kernel.kernel), profiles.run_as_root(conn))(TCG, [], "x")
+    xml = profiles.probe_renderer(str(kernel.kernel), qemu_user.label_for(conn))(TCG, [], "x")
     xml = xml.replace(f"owner='{os.getpid()}'", f"owner='{owner}'")
     xml = xml.replace(xml[xml.index("<name>"):xml.index("</name>") + 7], f"<name>{name}</name>")
     if not with_metadata:

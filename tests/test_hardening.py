@@ -1,8 +1,12 @@
 """Holes an outside audit found (issue 13), each closed: bad results paths are refused before libvirt is
 asked anything, junit.xml stays well-formed on real console bytes, and (with libvirt) a domain dies with
 the lab's connection and a console taken from another viewer is reported."""
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import libvirt
 import pexpect
@@ -10,7 +14,7 @@ import pytest
 from junitparser import JUnitXml
 
 from conftest import ROOT, run_lab
-from lab import host, image, profiles, recorded, results
+from lab import host, image, profiles, qemu_user, recorded, results
 from lab.console import Console
 from lab.timeout import Timeout
 from lab.transcript import Transcript
@@ -49,7 +53,7 @@ def _paused_domain(conn):
     kernel = image.cached("debian12")
     if kernel is None:
         pytest.fail("the debian12 image is not built (make image builds it)")
-    xml = profiles.probe_renderer(str(kernel.kernel), profiles.run_as_root(conn))(
+    xml = profiles.probe_renderer(str(kernel.kernel), qemu_user.label_for(conn))(
         {"domain_type": "qemu", "cpu_mode": "custom"}, [], f"hardening-{uuid.uuid4().hex[:6]}")
     return host.create_paused(conn, xml)
 
@@ -69,6 +73,75 @@ def test_a_domain_dies_with_the_connection_that_started_it():
             watcher.lookupByName(name)
     finally:
         host.disconnect(watcher)
+
+
+@pytest.mark.libvirt
+def test_a_guests_qemu_runs_as_libvirts_unprivileged_user():
+    conn = host.connect()
+    try:
+        dom = _paused_domain(conn)
+        expected = qemu_user.for_connection(conn)
+        pid = Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text().strip()
+        uid = next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("Uid:"))
+        assert int(uid) == (expected.uid if expected else os.geteuid())
+        assert int(uid) != 0 or os.geteuid() != 0, "QEMU runs as root"
+    finally:
+        host.disconnect(conn)   # autodestroy
+
+
+_WATCHED_CHILD = """
+import os, signal, sys
+from lab import reaper
+sys.stdin.readline()   # the domain exists now, with this process as its owner
+reaper.watch(sys.argv[1], sys.argv[2])
+if sys.argv[3] == "keep":
+    reaper.release(sys.argv[2])
+if sys.argv[3] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _reapers() -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"lab.reaper" in (proc / "cmdline").read_bytes():
+                found.append(proc.name)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.libvirt
+@pytest.mark.parametrize("end, survives", [("kill", False), ("exit", True), ("keep", True)])
+def test_a_restored_domain_is_destroyed_when_its_lab_dies_without_teardown(end, survives):
+    """libvirt's restore takes no autodestroy flag, so the lab's watcher is the net: it destroys what the
+    lab watched when the lab dies (kill -9), and leaves it after a normal exit (the lab's own teardown has
+    run) or when the guest is kept."""
+    conn = host.connect()
+    probe = _paused_domain(conn)
+    xml, name = probe.XMLDesc(), probe.name()
+    probe.destroy()
+    assert f'owner="{os.getpid()}"' in xml
+    lab = subprocess.Popen([sys.executable, "-c", _WATCHED_CHILD, conn.getURI(), name, end], cwd=ROOT,
+                           stdin=subprocess.PIPE, text=True)
+    try:   # as a restored domain is: no autodestroy, the watching lab process named as its owner
+        host.create_paused(conn, xml.replace(f'owner="{os.getpid()}"', f'owner="{lab.pid}"'), autodestroy=False)
+        lab.communicate("go\n", timeout=60)
+        deadline = time.monotonic() + 15
+        def alive():
+            return name in [d.name() for d in conn.listAllDomains()]
+        while (_reapers() or alive() != survives) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _reapers(), "the watcher outlived the lab"
+        assert alive() == survives
+    finally:
+        lab.kill()
+        for d in conn.listAllDomains():
+            if d.name() == name:
+                d.destroy()
+        host.disconnect(conn)
 
 
 @pytest.mark.libvirt

@@ -72,7 +72,7 @@ def test_gen1_domain_xml_has_both_paths_and_the_smbios_identity():
     xml = profiles.render_xml("hyperv-gen1", accel={"domain_type": "qemu", "cpu_mode": "custom"}, hyperv=[],
                             name="panic-lab-x", uuid="6b1e5bd4-3f5e-4b4e-9a36-2f8f0f6e1a10", run_id="x",
                             scenario="s", memory_mib=1024, vcpus=1, kernel="/k", initrd="/i", cmdline="c",
-                            overlay="/d.raw", seed="/s.iso", run_as_root=True)
+                            overlay="/d.raw", seed="/s.iso", qemu_label="+64055:+107")
     root = ET.fromstring(xml)
     disks = [(d.find("target").get("bus"), d.find("driver").get("type"), d.find("shareable") is not None)
              for d in root.findall("./devices/disk[@device='disk']")]

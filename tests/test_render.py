@@ -17,7 +17,7 @@ def render(profile="default", **over):
     ctx = dict(accel=TCG, hyperv=HYPERV, name="panic-lab-t-1", uuid="6b1e5bd4-3f5e-4b4e-9a36-2f8f0f6e1a10",
                run_id="t-1", scenario="kdump", memory_mib=1024, vcpus=1, kernel="/k", initrd="/i",
                cmdline="root=LABEL=labroot rw console=ttyS0,115200 crashkernel=256M",
-               overlay="/o.qcow2", seed="/s.iso", run_as_root=True)
+               overlay="/o.qcow2", seed="/s.iso", qemu_label="+64055:+107")
     ctx.update(over)
     return profiles.render_xml(profile, **ctx)
 
@@ -50,7 +50,7 @@ def test_values_cannot_inject_xml():
 
 
 def test_probe_domain_has_no_disks():
-    xml = profiles.probe_renderer("/k", run_as_root=False)(TCG, [], "probe")
+    xml = profiles.probe_renderer("/k", qemu_label=None)(TCG, [], "probe")
     root = ET.fromstring(xml)
     assert root.findall("./devices/disk") == []
     assert root.find("./seclabel") is None
