@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_lab, spawn_lab
-from lab import catalog
+from lab import catalog, checksums
 from loopback import Server
 
 
@@ -74,14 +74,15 @@ def test_pull_verifies_against_a_pinned_digest_and_caches_once(server, tmp_path,
     cached = Path(out.strip())
     assert cached.parent == tmp_path / "cache" / "cloud" / "local", err
     assert sha(cached) == sha(disk)
-    assert "verified (sha256)" in err
+    assert "verified (sha256) against the catalog's pinned sha256" in err
     again = pull(tmp_path, catalog, "local")
     assert again.communicate(timeout=60)[0].strip() == str(cached) and again.returncode == 0
     assert len(server.gets("/img/disk.qcow2")) == 1   # the second pull found it in the cache
     listing = run_lab("images", text=True,
                              env=dict(os.environ, LAB_CATALOG=str(tmp_path / "catalog.toml"),
                                       LAB_CACHE_DIR=str(tmp_path / "cache")))
-    assert re.search(r"local\s+debian kdump-tools\s+cached, \d+ MiB", listing.stdout), listing.stdout
+    assert re.search(r"local\s+debian kdump-tools\s+cached, \d+ MiB; digest checked against the catalog's pinned "
+                     r"sha256", listing.stdout), listing.stdout
 
 
 @pytest.mark.parametrize("listing, algo", [
@@ -95,7 +96,7 @@ def test_checksum_files_are_read_in_both_formats(server, tmp_path, listing, algo
     e = catalog.Entry(name="local", url=f"{server.url}/img/disk.qcow2", family="debian", kdump="kdump-tools",
                       user="debian", crashkernel="grub-reboot", checksum_url=f"{server.url}/img/SUMS",
                       checksum_entry="disk.qcow2", checksum_algo=algo)
-    assert catalog.expected_digest(e) == digest
+    assert checksums.expected(e) == (digest, checksums.UNSIGNED)
 
 
 @pytest.mark.parametrize("url, checksum_url", [
@@ -204,6 +205,18 @@ def test_two_pulls_at_once_download_once_and_agree(server, tmp_path, qcow2):
     assert results[0][0] == results[1][0]
     assert len(server.gets("/img/disk.qcow2")) == 1
     assert sha(Path(results[0][0].strip())) == sha(disk)
+
+
+def test_the_listing_says_what_each_digest_will_be_checked_against(tmp_path):
+    text = (entry("unsigned", "https://h/b.img", checksum_url="https://h/SUMS", checksum_entry="b.img")
+            + entry("pinned", "https://h/c.img", sha256="c" * 64))
+    (tmp_path / "catalog.toml").write_text(text)
+    done = run_lab("images", text=True, env={"LAB_CATALOG": str(tmp_path / "catalog.toml"),
+                                            "LAB_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    for name, check in [("unsigned", "an unsigned checksum file"), ("pinned", "the catalog's pinned sha256")]:
+        assert re.search(rf"\n  {name} +debian kdump-tools +available; to be checked against {check}\n", done.stdout), \
+            done.stdout
 
 
 @pytest.mark.parametrize("text, words", [
