@@ -1,10 +1,10 @@
 """The catalog of published cloud images (images/catalog.toml), and pulling one into the cache.
 
 Part of stage 1, image. A pull is resumable (HTTP Range on a .part file), verified against a pinned
-digest or the project's checksum file (lab/checksums.py) before anything counts as cached, and safe
-when two run at once (an flock on the image's cache folder: the second waits, then finds it done). A
-verified download is then inspected with qemu-img: a checksum says the bytes are the published ones,
-not that the image stands alone.
+digest or the project's checksum file, signed or not (lab/checksums.py), before anything counts as
+cached, and safe when two run at once (an flock on the image's cache folder: the second waits, then
+finds it done). A verified download is then inspected with qemu-img: a checksum says the bytes are
+the published ones, not that the image stands alone.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from . import checksums, paths
 from .errors import HostError, InputError, shown, shown_path
 from .guest import Guest
 
-KEYS = {"url", "sha256", "checksum_url", "checksum_entry", "checksum_algo", "family", "kdump", "user", "crashkernel",
-        "packages"}
+KEYS = {"url", "sha256", "checksum_url", "checksum_entry", "checksum_algo", "checksum_signature", "checksum_keyring",
+        "family", "kdump", "user", "crashkernel", "packages"}
 FAMILIES = {"rhel": "dracut-kdump", "debian": "kdump-tools"}
 # A published image boots through its own bootloader, so crashkernel= can only go in through it.
 CRASHKERNEL_WAYS = ("grub-reboot",)
@@ -50,6 +50,8 @@ class Entry:
     checksum_url: str | None = None
     checksum_entry: str | None = None
     checksum_algo: str = "sha256"
+    checksum_signature: str | None = None   # a detached signature's URL, or "clearsigned"
+    checksum_keyring: str | None = None     # the keyring file on this host that must have made it
     packages: tuple[str, ...] = ()   # installed by cloud-init on the first boot (needs a network)
 
     @property
@@ -102,6 +104,7 @@ def load(path: Path | None = None) -> dict[str, Entry]:
             raise InputError("catalog", f"{where}: kdump {shown(raw['kdump'])} does not go with family {raw['family']}")
         if not raw.get("sha256") and not (raw.get("checksum_url") and raw.get("checksum_entry")):
             raise InputError("catalog", f"{where}: needs sha256, or checksum_url and checksum_entry")
+        _check_signature(raw, where)
         if raw.get("checksum_algo", "sha256") not in ("sha256", "sha512"):
             raise InputError("catalog", f"{where}: checksum_algo must be sha256 or sha512")
         if raw["crashkernel"] not in CRASHKERNEL_WAYS:
@@ -129,6 +132,25 @@ def load(path: Path | None = None) -> dict[str, Entry]:
     return entries
 
 
+def _check_signature(raw: dict, where: str) -> None:
+    sig, ring = raw.get("checksum_signature"), raw.get("checksum_keyring")
+    if sig is None and ring is None:
+        return
+    if not (sig and ring):
+        raise InputError("catalog", f"{where}: checksum_signature and checksum_keyring go together (a signature "
+                                    "counts only against a keyring)")
+    if raw.get("sha256") or not raw.get("checksum_url"):
+        raise InputError("catalog", f"{where}: checksum_signature needs checksum_url, without a pinned sha256 "
+                                    "(a pinned digest is used as it is)")
+    if sig != checksums.CLEARSIGNED and not URL.fullmatch(sig):
+        raise InputError("catalog", f"{where}: checksum_signature must be the signature's http(s) URL, or "
+                                    f"{checksums.CLEARSIGNED!r} when checksum_url carries its own signature")
+    # A key fetched from the image's server would vouch for whatever that server sends: a path only.
+    if not ring.startswith("/") or not ring.isprintable():
+        raise InputError("catalog", f"{where}: checksum_keyring must be the absolute path of a keyring file on "
+                                    "this host (installed by make setup), not a URL")
+
+
 def entry(name: str) -> Entry:
     entries = load()
     if name not in entries:
@@ -148,7 +170,7 @@ def checked_of(e: Entry) -> str:
         return lines[1] if len(lines) > 1 else "not recorded (pulled by an older lab)"
     if e.sha256:
         return checksums.PINNED
-    return checksums.UNSIGNED
+    return "a signed checksum file" if e.checksum_signature else checksums.UNSIGNED
 
 
 def _marker(e: Entry) -> list[str]:

@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
       pkg-config mmdebstrap cpio kmod genisoimage e2fsprogs libxml2-utils gcc python3-venv python3-dev
-      fdisk chromium makedumpfile)   # makedumpfile: the host reads each vmcore (lab/vmcore.py); fdisk: sfdisk partitions the disk-bootable image; chromium: the HTML report is checked in a real headless browser
+      fdisk chromium makedumpfile   # makedumpfile: the host reads each vmcore (lab/vmcore.py); fdisk: sfdisk partitions the disk-bootable image; chromium: the HTML report is checked in a real headless browser
+      gpgv gpg gpg-agent)           # gpgv checks signed checksum files (lab/checksums.py); gpg dearmors RPM-GPG-KEY files and, with its agent, makes the tests' throwaway keys
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -208,13 +208,16 @@ def test_two_pulls_at_once_download_once_and_agree(server, tmp_path, qcow2):
 
 
 def test_the_listing_says_what_each_digest_will_be_checked_against(tmp_path):
-    text = (entry("unsigned", "https://h/b.img", checksum_url="https://h/SUMS", checksum_entry="b.img")
+    text = (entry("signed", "https://h/a.img", checksum_url="https://h/SUMS", checksum_entry="a.img",
+                  checksum_signature="https://h/SUMS.gpg", checksum_keyring="/usr/share/keyrings/k.gpg")
+            + entry("unsigned", "https://h/b.img", checksum_url="https://h/SUMS", checksum_entry="b.img")
             + entry("pinned", "https://h/c.img", sha256="c" * 64))
     (tmp_path / "catalog.toml").write_text(text)
     done = run_lab("images", text=True, env={"LAB_CATALOG": str(tmp_path / "catalog.toml"),
                                             "LAB_CACHE_DIR": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stderr
-    for name, check in [("unsigned", "an unsigned checksum file"), ("pinned", "the catalog's pinned sha256")]:
+    for name, check in [("signed", "a signed checksum file"), ("unsigned", "an unsigned checksum file"),
+                        ("pinned", "the catalog's pinned sha256")]:
         assert re.search(rf"\n  {name} +debian kdump-tools +available; to be checked against {check}\n", done.stdout), \
             done.stdout
 
@@ -239,6 +242,21 @@ def test_the_listing_says_what_each_digest_will_be_checked_against(tmp_path):
     (entry("x", "https://h/i.img", sha256="a" * 64).replace('family = "debian"', 'family = ["debian"]'),
      "family = ['debian']: expected a string"),
     (entry("x", "https://h/i.img", checksum_url="file:///etc/SUMS", checksum_entry="i.img"), "checksum_url must be http(s)"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_signature="https://h/SUMS.gpg"), "checksum_signature and checksum_keyring go together"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_keyring="/usr/share/keyrings/k.gpg"), "checksum_signature and checksum_keyring go together"),
+    (entry("x", "https://h/i.img", sha256="a" * 64, checksum_signature="clearsigned",
+           checksum_keyring="/usr/share/keyrings/k.gpg"), "checksum_signature needs checksum_url, without a pinned sha256"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img", checksum_signature="gpg",
+           checksum_keyring="/usr/share/keyrings/k.gpg"), "checksum_signature must be the signature's http(s) URL"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_signature="clearsigned", checksum_keyring="https://h/KEY.gpg"),
+     "checksum_keyring must be the absolute path of a keyring file on this host"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_signature="clearsigned", checksum_keyring="keys/k.gpg"), "checksum_keyring must be the absolute path"),
+    (entry("x", "http://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_signature="clearsigned", checksum_keyring="/k.gpg"), "url is plain http: pin the image's sha256"),
 ])
 def test_a_bad_catalog_is_one_line_naming_file_and_key(tmp_path, text, words):
     p = pull(tmp_path, text, "x")
