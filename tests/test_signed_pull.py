@@ -20,7 +20,8 @@ from test_pull import qcow2, server, sha   # noqa: F401 (fixtures)
 
 
 class Keys:
-    """Two signing keys in a scratch GNUPGHOME: "distro" (exported as the keyring) and "other"."""
+    """Signing keys in a scratch GNUPGHOME: "distro" (exported as the keyring), "other", and "old",
+    made and used in 2020 with a one-day expiry (gpgv calls its signatures good, but by an expired key)."""
 
     def __init__(self, home: Path):
         self.home = home
@@ -32,14 +33,18 @@ class Keys:
         self.keyring.write_bytes(self.gpg("--export", "distro@example.invalid", text=False))
         self.armored = home / "RPM-GPG-KEY-distro"  # ASCII-armored, as distribution-gpg-keys' files are
         self.armored.write_text(self.gpg("--armor", "--export", "distro@example.invalid"))
+        self.gpg("--faked-system-time", "20200101T000000", "--quick-gen-key", "old <old@example.invalid>", "ed25519",
+                 "sign", "1d")
+        self.old_keyring = home / "old.gpg"
+        self.old_keyring.write_bytes(self.gpg("--export", "old@example.invalid", text=False))
 
     def gpg(self, *args: str, text=True, data: bytes = b""):
         done = subprocess.run(["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", "", *args],
                               input=data, capture_output=True, env=self.env, timeout=60, check=True)
         return done.stdout.decode() if text else done.stdout
 
-    def detached(self, data: bytes, who="distro") -> bytes:
-        return self.gpg("--local-user", f"{who}@example.invalid", "--detach-sign", text=False, data=data)
+    def detached(self, data: bytes, who="distro", *when: str) -> bytes:
+        return self.gpg(*when, "--local-user", f"{who}@example.invalid", "--detach-sign", text=False, data=data)
 
     def clearsigned(self, data: bytes, who="distro") -> bytes:
         return self.gpg("--local-user", f"{who}@example.invalid", "--clearsign", text=False, data=data)
@@ -148,6 +153,15 @@ def test_a_signature_by_another_key_is_refused(server, tmp_path, qcow2, keys, pu
         e = signed_entry(server, keys.keyring, checksums.CLEARSIGNED)
     message = refused(pull, e, server, tmp_path)
     assert f"which is not in the keyring {keys.keyring}" in message, message
+
+
+def test_a_signature_by_an_expired_key_is_refused(server, tmp_path, qcow2, keys, pull):
+    disk = qcow2("disk.qcow2")
+    sums = f"{sha(disk)}  disk.qcow2\n".encode()
+    signature = keys.detached(sums, "old", "--faked-system-time", "20200101T010000")   # while the key was valid
+    server.routes.update({"/img/disk.qcow2": disk, "/img/SUMS": sums, "/img/SUMS.gpg": signature})
+    e = signed_entry(server, keys.old_keyring, f"{server.url}/img/SUMS.gpg")
+    assert "signed with an expired key" in refused(pull, e, server, tmp_path)
 
 
 def test_a_missing_signature_file_is_refused(server, tmp_path, qcow2, keys, pull):
