@@ -84,9 +84,6 @@ def verified_text(data: bytes, signature: bytes | None, keyring: Path, what: str
     naming what is wrong; nothing of an unverified file is returned."""
     if not shutil.which("gpgv"):
         raise HostError("pull", "gpgv not installed (make setup): a signed checksum file is checked with it")
-    if not keyring.is_file():
-        raise HostError("pull", f"keyring {shown_path(keyring)} not found (make setup installs the distributions' "
-                                "keyrings)")
     with tempfile.TemporaryDirectory(prefix="panic-lab-gpgv-") as tmp:
         scratch = Path(tmp)
         ring = _binary_keyring(keyring, scratch)
@@ -106,15 +103,24 @@ def verified_text(data: bytes, signature: bytes | None, keyring: Path, what: str
 def _binary_keyring(keyring: Path, scratch: Path) -> Path:
     """gpgv reads binary keyrings only; an ASCII-armored key file (as RPM-GPG-KEY-* files are) is
     dearmored by gpg into the scratch folder first."""
-    with keyring.open("rb") as f:
-        if not f.read(64).lstrip().startswith(ARMOR):
-            return keyring.resolve()
+    try:
+        with keyring.open("rb") as f:
+            if not f.read(64).lstrip().startswith(ARMOR):
+                return keyring.resolve()
+    except FileNotFoundError:
+        raise HostError("pull", f"keyring {shown_path(keyring)} not found (make setup installs the distributions' "
+                                "keyrings)") from None
+    except OSError as exc:
+        raise HostError("pull", f"keyring {shown_path(keyring)}: cannot read it: {exc.strerror or exc}") from None
     if not shutil.which("gpg"):
         raise HostError("pull", f"keyring {shown_path(keyring)} is ASCII-armored and gpg (make setup) is not "
                                 "installed to dearmor it")
     out = scratch / "keyring.gpg"
-    done = subprocess.run(["gpg", "--batch", "--quiet", "--dearmor", "--output", str(out), str(keyring)],
-                          capture_output=True, text=True, timeout=GPG_TIMEOUT, env=_env(scratch))
+    try:
+        done = subprocess.run(["gpg", "--batch", "--quiet", "--dearmor", "--output", str(out), str(keyring)],
+                              capture_output=True, text=True, timeout=GPG_TIMEOUT, env=_env(scratch))
+    except subprocess.TimeoutExpired:
+        raise HostError("pull", f"gpg gave no answer in {GPG_TIMEOUT} s") from None
     if done.returncode != 0 or not out.exists():
         raise HostError("pull", f"keyring {shown_path(keyring)}: gpg cannot dearmor it: {_last(done.stderr)}")
     return out
