@@ -1,10 +1,10 @@
 """The catalog of published cloud images (images/catalog.toml), and pulling one into the cache.
 
-Part of stage 1, image. A pull is resumable (HTTP Range on a .part file), verified against the
-project's own checksum file (or a pinned digest) before anything counts as cached, and safe when two
-run at once (an flock on the image's cache folder: the second waits, then finds it done). A verified
-download is then inspected with qemu-img: a checksum says the bytes are the published ones, not that
-the image stands alone.
+Part of stage 1, image. A pull is resumable (HTTP Range on a .part file), verified against a pinned
+digest or the project's checksum file, signed or not (lab/checksums.py), before anything counts as
+cached, and safe when two run at once (an flock on the image's cache folder: the second waits, then
+finds it done). A verified download is then inspected with qemu-img: a checksum says the bytes are
+the published ones, not that the image stands alone.
 """
 from __future__ import annotations
 
@@ -19,22 +19,19 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from . import checksums, paths
 from .errors import HostError, InputError, shown, shown_path
 from .guest import Guest
 
-KEYS = {"url", "sha256", "checksum_url", "checksum_entry", "checksum_algo", "family", "kdump", "user", "crashkernel",
-        "packages"}
+KEYS = {"url", "sha256", "checksum_url", "checksum_entry", "checksum_algo", "checksum_signature", "checksum_keyring",
+        "family", "kdump", "user", "crashkernel", "packages"}
 FAMILIES = {"rhel": "dracut-kdump", "debian": "kdump-tools"}
 # A published image boots through its own bootloader, so crashkernel= can only go in through it.
 CRASHKERNEL_WAYS = ("grub-reboot",)
 CHUNK = 1 << 20
-TIMEOUT = 30   # seconds without a byte before a download counts as stalled
 # A catalog name names the image's cache folder and is a --image value: no "/", no "..", no leading dot.
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 URL = re.compile(r"https?://[\x21-\x7e]+")   # printable ASCII without spaces: no newline gets into a request
@@ -53,6 +50,8 @@ class Entry:
     checksum_url: str | None = None
     checksum_entry: str | None = None
     checksum_algo: str = "sha256"
+    checksum_signature: str | None = None   # a detached signature's URL, or "clearsigned"
+    checksum_keyring: str | None = None     # the keyring file on this host that must have made it
     packages: tuple[str, ...] = ()   # installed by cloud-init on the first boot (needs a network)
 
     @property
@@ -105,6 +104,7 @@ def load(path: Path | None = None) -> dict[str, Entry]:
             raise InputError("catalog", f"{where}: kdump {shown(raw['kdump'])} does not go with family {raw['family']}")
         if not raw.get("sha256") and not (raw.get("checksum_url") and raw.get("checksum_entry")):
             raise InputError("catalog", f"{where}: needs sha256, or checksum_url and checksum_entry")
+        _check_signature(raw, where)
         if raw.get("checksum_algo", "sha256") not in ("sha256", "sha512"):
             raise InputError("catalog", f"{where}: checksum_algo must be sha256 or sha512")
         if raw["crashkernel"] not in CRASHKERNEL_WAYS:
@@ -132,6 +132,25 @@ def load(path: Path | None = None) -> dict[str, Entry]:
     return entries
 
 
+def _check_signature(raw: dict, where: str) -> None:
+    sig, ring = raw.get("checksum_signature"), raw.get("checksum_keyring")
+    if sig is None and ring is None:
+        return
+    if not (sig and ring):
+        raise InputError("catalog", f"{where}: checksum_signature and checksum_keyring go together (a signature "
+                                    "counts only against a keyring)")
+    if raw.get("sha256") or not raw.get("checksum_url"):
+        raise InputError("catalog", f"{where}: checksum_signature needs checksum_url, without a pinned sha256 "
+                                    "(a pinned digest is used as it is)")
+    if sig != checksums.CLEARSIGNED and not URL.fullmatch(sig):
+        raise InputError("catalog", f"{where}: checksum_signature must be the signature's http(s) URL, or "
+                                    f"{checksums.CLEARSIGNED!r} when checksum_url carries its own signature")
+    # A key fetched from the image's server would vouch for whatever that server sends: a path only.
+    if not ring.startswith("/") or not ring.isprintable():
+        raise InputError("catalog", f"{where}: checksum_keyring must be the absolute path of a keyring file on "
+                                    "this host (installed by make setup), not a URL")
+
+
 def entry(name: str) -> Entry:
     entries = load()
     if name not in entries:
@@ -141,8 +160,22 @@ def entry(name: str) -> Entry:
 
 def digest_of(e: Entry) -> str | None:
     """The verified digest of the cached image (what a run's image key is made from)."""
-    marker = _folder(e.name) / f"{e.filename}.verified"
-    return marker.read_text().split()[-1] if cached(e) else None
+    return _marker(e)[0].split()[-1] if cached(e) else None
+
+
+def checked_of(e: Entry) -> str:
+    """What the cached image's digest was checked against; before it is pulled, what it will be."""
+    if cached(e):
+        lines = _marker(e)
+        return lines[1] if len(lines) > 1 else "not recorded (pulled by an older lab)"
+    if e.sha256:
+        return checksums.PINNED
+    return "a signed checksum file" if e.checksum_signature else checksums.UNSIGNED
+
+
+def _marker(e: Entry) -> list[str]:
+    # "ALGO DIGEST", then what vouched for the digest
+    return (_folder(e.name) / f"{e.filename}.verified").read_text().splitlines()
 
 
 def _folder(name: str) -> Path:
@@ -153,33 +186,6 @@ def cached(e: Entry) -> Path | None:
     """The verified image, if it is in the cache: a digest file is written only after verification."""
     image = _folder(e.name) / e.filename
     return image if image.exists() and (_folder(e.name) / f"{e.filename}.verified").exists() else None
-
-
-def _open(url: str, start: int = 0):
-    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
-    try:
-        return urllib.request.urlopen(request, timeout=TIMEOUT)
-    except urllib.error.HTTPError as exc:
-        raise HostError("pull", f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise HostError("pull", f"{url}: {getattr(exc, 'reason', exc)}") from None
-
-
-def expected_digest(e: Entry) -> str:
-    if e.sha256:
-        return e.sha256.lower()
-    with _open(e.checksum_url) as response:
-        text = response.read(4 << 20).decode(errors="replace")
-    want = e.checksum_entry
-    for line in text.splitlines():
-        # GNU: "digest  name" or "digest *name"; BSD: "SHA256 (name) = digest"
-        gnu = re.match(r"^([0-9a-fA-F]{64,128})\s+\*?(\S+)$", line.strip())
-        bsd = re.match(r"^(SHA\d+) \((.+)\) = ([0-9a-fA-F]{64,128})$", line.strip())
-        if gnu and gnu.group(2) == want:
-            return gnu.group(1).lower()
-        if bsd and bsd.group(2) == want:
-            return bsd.group(3).lower()
-    raise HostError("pull", f"{e.checksum_url} has no entry for {want}")
 
 
 class Progress:
@@ -265,7 +271,10 @@ def pull(name: str, log=sys.stderr) -> Path:
         done = cached(e)
         if done:
             return done
-        want = expected_digest(e)
+        try:
+            want, how = checksums.expected(e)
+        except HostError as exc:
+            raise HostError("pull", f"{exc.message}; nothing was downloaded or cached") from None
         part = folder / f"{e.filename}.part"
         digest = hashlib.new(algo)
         have = part.stat().st_size if part.exists() else 0
@@ -273,7 +282,7 @@ def pull(name: str, log=sys.stderr) -> Path:
             with part.open("rb") as f:
                 while block := f.read(CHUNK):
                     digest.update(block)
-        response = _open(e.url, have)
+        response = checksums.fetch(e.url, have)
         if have and response.status != 206:   # the server ignored the range: start over
             have, digest = 0, hashlib.new(algo)
         length = response.headers.get("Content-Length")
@@ -308,8 +317,8 @@ def pull(name: str, log=sys.stderr) -> Path:
         final = folder / e.filename
         part.chmod(0o444)   # a base image: runs write to overlays only
         part.replace(final)
-        (folder / f"{e.filename}.verified").write_text(f"{algo} {got}\n")
-        print(f"pull {name}: verified ({algo}), cached at {final}", file=log, flush=True)
+        (folder / f"{e.filename}.verified").write_text(f"{algo} {got}\n{how}\n")
+        print(f"pull {name}: verified ({algo}) against {how}, cached at {final}", file=log, flush=True)
         return final
 
 
@@ -336,5 +345,6 @@ def listing() -> list[dict]:
         part = _folder(e.name) / f"{e.filename}.part"
         rows.append({"name": e.name, "family": e.family, "kdump": e.kdump, "cached": bool(image),
                      "size_bytes": image.stat().st_size if image else 0,
-                     "partial_bytes": part.stat().st_size if part.exists() else 0, "url": e.url})
+                     "partial_bytes": part.stat().st_size if part.exists() else 0, "url": e.url,
+                     "checked": checked_of(e)})
     return rows

@@ -201,11 +201,12 @@ def _cmd_images(args) -> int:
     print("published cloud images (lab images pull NAME, or lab run --image NAME; none was booted here):")
     for row in image.published_listing():
         if row["cached"]:
-            state = f"cached, {row['size_bytes'] / 2**20:.0f} MiB"
+            state = f"cached, {row['size_bytes'] / 2**20:.0f} MiB; digest checked against {row['checked']}"
         elif row["partial_bytes"]:
-            state = f"partial, {row['partial_bytes'] / 2**20:.0f} MiB downloaded (pull again to resume)"
+            state = (f"partial, {row['partial_bytes'] / 2**20:.0f} MiB downloaded (pull again to resume); "
+                     f"to be checked against {row['checked']}")
         else:
-            state = "available"
+            state = f"available; to be checked against {row['checked']}"
         print(f"  {row['name']:<16} {row['family']:<6} {row['kdump']:<12}  {state}")
     return 0
 

@@ -53,6 +53,7 @@ class Image:
     kernel_version: str
     guest: Guest = OFFLINE_DEBIAN   # its kdump tooling and how crashkernel= is set
     kernel_source: str = ""         # the kernel asked for (a scenario's `kernel`); "" is the recipe's own
+    checked: str = ""               # a published image: what its digest was checked against
 
     @property
     def boots_from_disk(self) -> bool:
@@ -179,7 +180,7 @@ def _published(e, path: Path) -> Image:
     with path.open("rb") as f:
         if f.read(4) != b"QFI\xfb":   # overlays are made with a qcow2 backing file
             raise HostError("image", f"{e.name}: {path} is not a qcow2 image")
-    return Image(e.name, catalog.digest_of(e)[:16], path, None, None, "", e.guest)
+    return Image(e.name, catalog.digest_of(e)[:16], path, None, None, "", e.guest, checked=catalog.checked_of(e))
 
 
 def cached(name: str, kernel: str = "") -> Image | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_lab, spawn_lab
-from lab import catalog
+from lab import catalog, checksums
 from loopback import Server
 
 
@@ -74,14 +74,15 @@ def test_pull_verifies_against_a_pinned_digest_and_caches_once(server, tmp_path,
     cached = Path(out.strip())
     assert cached.parent == tmp_path / "cache" / "cloud" / "local", err
     assert sha(cached) == sha(disk)
-    assert "verified (sha256)" in err
+    assert "verified (sha256) against the catalog's pinned sha256" in err
     again = pull(tmp_path, catalog, "local")
     assert again.communicate(timeout=60)[0].strip() == str(cached) and again.returncode == 0
     assert len(server.gets("/img/disk.qcow2")) == 1   # the second pull found it in the cache
     listing = run_lab("images", text=True,
                              env=dict(os.environ, LAB_CATALOG=str(tmp_path / "catalog.toml"),
                                       LAB_CACHE_DIR=str(tmp_path / "cache")))
-    assert re.search(r"local\s+debian kdump-tools\s+cached, \d+ MiB", listing.stdout), listing.stdout
+    assert re.search(r"local\s+debian kdump-tools\s+cached, \d+ MiB; digest checked against the catalog's pinned "
+                     r"sha256", listing.stdout), listing.stdout
 
 
 @pytest.mark.parametrize("listing, algo", [
@@ -95,7 +96,7 @@ def test_checksum_files_are_read_in_both_formats(server, tmp_path, listing, algo
     e = catalog.Entry(name="local", url=f"{server.url}/img/disk.qcow2", family="debian", kdump="kdump-tools",
                       user="debian", crashkernel="grub-reboot", checksum_url=f"{server.url}/img/SUMS",
                       checksum_entry="disk.qcow2", checksum_algo=algo)
-    assert catalog.expected_digest(e) == digest
+    assert checksums.expected(e) == (digest, checksums.UNSIGNED)
 
 
 @pytest.mark.parametrize("url, checksum_url", [
@@ -206,6 +207,21 @@ def test_two_pulls_at_once_download_once_and_agree(server, tmp_path, qcow2):
     assert sha(Path(results[0][0].strip())) == sha(disk)
 
 
+def test_the_listing_says_what_each_digest_will_be_checked_against(tmp_path):
+    text = (entry("signed", "https://h/a.img", checksum_url="https://h/SUMS", checksum_entry="a.img",
+                  checksum_signature="https://h/SUMS.gpg", checksum_keyring="/usr/share/keyrings/k.gpg")
+            + entry("unsigned", "https://h/b.img", checksum_url="https://h/SUMS", checksum_entry="b.img")
+            + entry("pinned", "https://h/c.img", sha256="c" * 64))
+    (tmp_path / "catalog.toml").write_text(text)
+    done = run_lab("images", text=True, env={"LAB_CATALOG": str(tmp_path / "catalog.toml"),
+                                            "LAB_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    for name, check in [("signed", "a signed checksum file"), ("unsigned", "an unsigned checksum file"),
+                        ("pinned", "the catalog's pinned sha256")]:
+        assert re.search(rf"\n  {name} +debian kdump-tools +available; to be checked against {check}\n", done.stdout), \
+            done.stdout
+
+
 @pytest.mark.parametrize("text, words", [
     ("[x\nurl = 1\n", "malformed TOML"),
     (entry("x", "http://h/i.img", sha256="ab") + 'colour = "blue"\n', "[x]: unknown key 'colour'"),
@@ -226,6 +242,21 @@ def test_two_pulls_at_once_download_once_and_agree(server, tmp_path, qcow2):
     (entry("x", "https://h/i.img", sha256="a" * 64).replace('family = "debian"', 'family = ["debian"]'),
      "family = ['debian']: expected a string"),
     (entry("x", "https://h/i.img", checksum_url="file:///etc/SUMS", checksum_entry="i.img"), "checksum_url must be http(s)"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_signature="https://h/SUMS.gpg"), "checksum_signature and checksum_keyring go together"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_keyring="/usr/share/keyrings/k.gpg"), "checksum_signature and checksum_keyring go together"),
+    (entry("x", "https://h/i.img", sha256="a" * 64, checksum_signature="clearsigned",
+           checksum_keyring="/usr/share/keyrings/k.gpg"), "checksum_signature needs checksum_url, without a pinned sha256"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img", checksum_signature="gpg",
+           checksum_keyring="/usr/share/keyrings/k.gpg"), "checksum_signature must be the signature's http(s) URL"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_signature="clearsigned", checksum_keyring="https://h/KEY.gpg"),
+     "checksum_keyring must be the absolute path of a keyring file on this host"),
+    (entry("x", "https://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_signature="clearsigned", checksum_keyring="keys/k.gpg"), "checksum_keyring must be the absolute path"),
+    (entry("x", "http://h/i.img", checksum_url="https://h/SUMS", checksum_entry="i.img",
+           checksum_signature="clearsigned", checksum_keyring="/k.gpg"), "url is plain http: pin the image's sha256"),
 ])
 def test_a_bad_catalog_is_one_line_naming_file_and_key(tmp_path, text, words):
     p = pull(tmp_path, text, "x")
