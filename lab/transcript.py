@@ -130,9 +130,12 @@ class Reader:
             self._pending = bytes(data[cut:])
         else:
             self._pending += bytes(data)
-        while len(self._pending) > MAX_LINE:   # an endless line: read it in pieces, keep only the rest
-            piece, self._pending = self._pending[:MAX_LINE], self._pending[MAX_LINE:]
-            new += self._match(piece, self.lines + 1, t, False)
+        if len(self._pending) > MAX_LINE:   # an endless line: read it in pieces, keep only the rest
+            pending = self._pending
+            rest = (len(pending) - 1) // MAX_LINE * MAX_LINE   # every piece is cut from the one copy
+            for i in range(0, rest, MAX_LINE):
+                new += self._piece(pending[i:i + MAX_LINE], t)
+            self._pending = pending[rest:]
         if self._pending and self._prompt_fired_on != self.lines + 1:
             cleaned, kt = clean_bytes(self._pending)
             for marker in self.prompts:
@@ -176,6 +179,12 @@ class Reader:
                 new += self._match(raw[i:i + MAX_LINE], lineno, t, self._prompt_fired_on == lineno, markers, scrubbed)
         self.lines += lines
         return new
+
+    def _piece(self, piece: bytes, t) -> list[Event]:
+        """A MAX_LINE piece of an endless line, matched only against the markers the prefilter names."""
+        found = self._prefilter.candidates(piece + b"\n")[0]
+        return [e for _, raw, scrubbed, markers in found
+                for e in self._match(raw, self.lines + 1, t, False, markers, scrubbed)]
 
     def _match(self, raw: bytes, lineno: int, t, skip_prompts: bool, markers: set | None = None,
                scrubbed: bool = False) -> list[Event]:
