@@ -18,12 +18,16 @@ evidence is one cycle that starts inside the capture kernel. Earlier cycles get 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from .markers import CAPTURE_CMDLINE, WRAP_LINES
 from .transcript import Event, read
-from .vocabulary import NO_STAGE, Outcome, Stage
-from .vocabulary import GuestEvent as G
-from .vocabulary import HostEvent as H
+from .vocabulary import NO_STAGE, GuestEvent, HostEvent, Outcome, Stage
+
+# The members as plain attributes: the rules read dozens per cycle, and an attribute of an enum class
+# costs four times a plain one (a log of 64,000 panics is 64,000 cycles).
+G = SimpleNamespace(**GuestEvent.__members__)
+H = SimpleNamespace(**HostEvent.__members__)
 
 KB2858695_FIX = ("blacklist the hv_* drivers in the capture kernel and let ata_piix take the disk "
                  "(ata_piix.prefer_ms_hyperv=0), as in Microsoft KB2858695")
@@ -38,7 +42,7 @@ class StageReached:
     kt: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)   # one per panic cycle: no per-instance dict
 class Verdict:
     verdict: str
     stage: str
@@ -235,14 +239,23 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         first.setdefault(st.name, st)   # the earliest evidence of each stage
     stages = sorted(first.values(), key=lambda s: s.name.order)
     last_stage = stages[-1].name if stages else NO_STAGE
-    kinds = [e.kind for e in span]
+    at: dict[str, list[int]] = {}   # each kind's places in the span: one pass, then every question a lookup
+    for i, e in enumerate(span):
+        if e.kind in at:
+            at[e.kind].append(i)
+        else:
+            at[e.kind] = [i]
 
-    def ev(*names: str) -> list[Event]:
-        return [e for e in span if e.kind in names]
+    def ev(name: str) -> list[Event]:
+        return [span[i] for i in at[name]] if name in at else []
 
     def last_of(*names: str) -> int:
-        idx = [i for i, k in enumerate(kinds) if k in names]
-        return idx[-1] if idx else -1
+        last = -1
+        for name in names:
+            if name in at and at[name][-1] > last:
+                last = at[name][-1]
+        return last
+
 
     captured = any(caps)
     faults = ev(H.FAULT_APPLIED)
@@ -254,16 +267,19 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
 
     saved = ev(G.DUMP_SAVED)
     if saved:
-        evidence = ev(G.PANIC)[:1] + ev(G.KERNEL_CMDLINE)[:1] + saved[:1] + ev(G.FIRMWARE, G.RESTART, H.LIBVIRT_RESET)[:1]
+        reset_events = sorted(i for k in RESET_KINDS for i in at.get(k, ()))
+        evidence = ev(G.PANIC)[:1] + ev(G.KERNEL_CMDLINE)[:1] + saved[:1] + [span[i] for i in reset_events[:1]]
         return Verdict(Outcome.DUMP, last_stage, f"vmcore saved: {saved[0].text}", stages,
                        [e for e in evidence if e], "R1")
 
-    resets = [i for i, e in enumerate(span) if _is_reset(e, caps[i])]
+    # The first reset: a reset event, or the banner of a kernel that is not a capture kernel.
+    resets = [at[k][0] for k in RESET_KINDS if k in at] + [i for i in at.get(G.KERNEL_BANNER, ()) if not caps[i]][:1]
     failed = ev(G.DUMP_FAILED)
     saving = ev(G.DUMP_SAVING)
     if resets:
-        reset = span[resets[0]]
-        if saving and not failed and kinds.index(G.DUMP_SAVING) < resets[0]:
+        first_reset = min(resets)
+        reset = span[first_reset]
+        if saving and not failed and at[G.DUMP_SAVING][0] < first_reset:
             # Nothing says the save failed, nor that it completed (a reporter's "..." often sits here).
             return Verdict(Outcome.UNKNOWN, last_stage, f"the capture kernel was saving a vmcore ({saving[0].text}), "
                            f"then the machine reset ({reset.text}); the log does not say whether the save completed",
@@ -283,10 +299,10 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
 
     stall = ev(H.STALL)
     announced = last_of(G.REBOOT_ANNOUNCED)
-    progress = (G.KERNEL_BANNER, G.DUMP_SAVING, G.RESCUE_SHELL, G.WAITING_ROOT, G.PANIC, G.LOGIN_PROMPT)
-    if announced >= 0 and not any(k in progress for k in kinds[announced + 1:]):
+    progress = last_of(G.KERNEL_BANNER, G.DUMP_SAVING, G.RESCUE_SHELL, G.WAITING_ROOT, G.PANIC, G.LOGIN_PROMPT)
+    if announced >= 0 and progress < announced:
         a = span[announced]
-        later_stall = [s for s in stall if span.index(s) > announced]
+        later_stall = [span[i] for i in at.get(H.STALL, ()) if i > announced]
         if not later_stall:
             where = "in the capture kernel" if caps[announced] else "after the panic"
             why = "dump failed: " if (captured or failed) else ""
@@ -302,13 +318,13 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         waits = ev(G.WAITING_ROOT)
         return Verdict(Outcome.HANG, last_stage, f"{state}: {span[shell].text}{storage_note}.{fix}".rstrip("."),
                        stages, waits[:1] + [span[shell]] + storage[:1] + faults[:1], "R4")
-    capture_panics = [i for i, e in enumerate(span) if e.kind == G.PANIC and caps[i]]
+    capture_panics = [i for i in at.get(G.PANIC, ()) if caps[i]]
     if capture_panics and last_of(G.PANIC_END) > capture_panics[-1]:
         p = span[capture_panics[-1]]
         return Verdict(Outcome.HANG, last_stage, f"the capture kernel panicked and did not reboot: {p.text}{storage_note}.{fix}".rstrip("."),
                        stages, [p] + storage[:1], "R4")
     stuck = last_of(G.STALL_WARNING)
-    if captured and stuck >= 0 and caps[stuck] and not any(k in progress for k in kinds[stuck + 1:]):
+    if captured and stuck >= 0 and caps[stuck] and progress < stuck:
         return Verdict(Outcome.HANG, last_stage, f"the capture kernel reports itself stuck and the log ends there: "
                        f"{span[stuck].text}{storage_note}.{fix}".rstrip("."),
                        stages, ev(G.KERNEL_CMDLINE)[-1:] + [span[stuck]] + storage[:1], "R4")
@@ -329,7 +345,7 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         return Verdict(Outcome.HANG, last_stage, f"{last_stage}, {cause}{note}: {s.text}", stages,
                        ev(G.PANIC)[:1] + ev(G.PANIC_END)[-1:] + waits[-1:] + [s], "R4")
     end = last_of(G.PANIC_END)
-    if end >= 0 and not captured and not any(k in progress for k in kinds[end + 1:]):
+    if end >= 0 and not captured and progress < end:
         return Verdict(Outcome.HANG, last_stage,
                        "panicked and halted: no reboot announced (kernel.panic=0) and no capture kernel (kdump not loaded)",
                        stages, ev(G.PANIC)[:1] + [span[end]], "R4")
