@@ -34,7 +34,7 @@ CONTROL_BYTES = bytes(32 if b in _CONTROLS else b for b in range(256))
 MAX_LINE = 64 * 1024  # a longer line is read in pieces of this size: binary junk must not grow memory
 
 
-@dataclass
+@dataclass(slots=True)   # thousands per log: no per-instance dict
 class Event:
     kind: str
     line: int                 # 1-based line in the transcript; 0 for host annotations
