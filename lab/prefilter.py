@@ -294,8 +294,11 @@ class Prefilter:
             index += base.count(b"\n", counted, start)
             counted = start
             if escaped and (raw_only or end - start + removed > self.max_line):
+                # What the whole block lost bounds what this line lost; past that bound the raw line itself
+                # decides (else an ANSI-heavy block sends every line the slow way).
                 raw_lines = raw_lines or bytes(view).split(b"\n")
-                out.append((index, raw_lines[index], False, markers))
-            else:
-                out.append((index, base[start:end], escaped, markers))
+                if raw_only or len(raw_lines[index]) > self.max_line:
+                    out.append((index, raw_lines[index], False, markers))
+                    continue
+            out.append((index, base[start:end], escaped, markers))
         return out, index + base.count(b"\n", counted, top)

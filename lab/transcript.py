@@ -212,8 +212,11 @@ def read(data: bytes | str | BinaryIO, compact: bool = False) -> list[Event]:
     """Offline: a whole saved log, or a binary file read in CHUNK pieces (bounded memory), through the
     same streaming code as a live console; compact: see Reader."""
     reader = Reader(compact=compact)
-    if isinstance(data, (bytes, str)):
-        reader.feed(data)
+    if isinstance(data, str):
+        data = data.encode("utf-8", errors="replace")
+    if isinstance(data, bytes):   # in CHUNK pieces too: the blocks a file is read in, whatever the log's size
+        for i in range(0, len(data), CHUNK):
+            reader.feed(data[i:i + CHUNK])
     elif hasattr(data, "readinto"):   # one buffer for every chunk: no new megabyte to fault in each time
         buffer = bytearray(CHUNK)
         while n := data.readinto(buffer):

@@ -139,6 +139,16 @@ def test_prefilter_edge_cases_match_brute_force():
     assert len(read(log)) >= 7
 
 
+def test_a_block_heavy_with_ansi_reads_like_brute_force():
+    """More ANSI in one block than a long line's length: its short lines are read scrubbed, the long
+    one raw, in pieces; the events are what every regex on every cleaned line finds."""
+    colour = b"\x1b[0;1;39m"
+    lines = [colour * 40 + b"[  OK  ] Reached target " + colour + b"Kernel panic - not syncing: " + colour
+             + str(n).encode() for n in range(2000)]
+    log = b"\n".join(lines) + b"\n" + b"x" * 70_000 + colour + b" Rebooting in 5 seconds..\n"
+    assert [(e.kind, e.line) for e in read(log)] == _brute_force(log)
+
+
 def test_prefilter_refuses_what_it_cannot_rewrite():
     import pytest
     from lab.prefilter import Unsupported, hs_pattern
