@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Iterable
 
 from .markers import CAPTURE_CMDLINE, WRAP_LINES
 from .transcript import Event, read
@@ -121,6 +122,8 @@ def capture_boots(events: list[Event]) -> list[bool]:
 
 
 RESET_KINDS = (G.FIRMWARE, G.RESTART, H.LIBVIRT_RESET)
+# After these, a log has moved on from a reboot announcement, a stall warning or the end of a panic.
+PROGRESS = frozenset({G.KERNEL_BANNER, G.DUMP_SAVING, G.RESCUE_SHELL, G.WAITING_ROOT, G.PANIC, G.LOGIN_PROMPT})
 
 
 def _is_reset(e: Event, capture: bool) -> bool:
@@ -171,8 +174,12 @@ def derive(events: list[Event]) -> Verdict:
     return final
 
 
-def _stages(events, flags, start, end) -> list[StageReached]:
+def _stages(events, flags, start, end, before: Iterable[StageReached] = ()) -> list[StageReached]:
+    """The stages reached in events[start:end], in stage order; those in `before` (the boot's booted and
+    armed, none of which the loop reads) stand for themselves over the same stage seen again here."""
     reached: dict[str, StageReached] = {}
+    for s in before:
+        reached[s.name] = s
 
     def mark(name: Stage, e: Event) -> None:
         if name not in reached:
@@ -233,21 +240,24 @@ def _pre_panic_stages(events, flags) -> list[list[StageReached]]:
 def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before: list[StageReached]) -> Verdict:
     span = events[start:end]
     caps = flags[start:end]
-    stages = before + _stages(events, flags, start, end)
-    first: dict[str, StageReached] = {}
-    for st in stages:
-        first.setdefault(st.name, st)   # the earliest evidence of each stage
-    stages = sorted(first.values(), key=lambda s: s.name.order)
+    stages = _stages(events, flags, start, end, before)   # the earliest evidence of each stage
     last_stage = stages[-1].name if stages else NO_STAGE
-    at: dict[str, list[int]] = {}   # each kind's places in the span: one pass, then every question a lookup
+    # Each kind's places in the span, and its events: one pass, then every question is a lookup.
+    at: dict[str, list[int]] = {}
+    of: dict[str, list[Event]] = {}
+    progress = -1   # the last progress event's place
     for i, e in enumerate(span):
         if e.kind in at:
             at[e.kind].append(i)
+            of[e.kind].append(e)
         else:
             at[e.kind] = [i]
+            of[e.kind] = [e]
+        if e.kind in PROGRESS:
+            progress = i
 
     def ev(name: str) -> list[Event]:
-        return [span[i] for i in at[name]] if name in at else []
+        return of.get(name, [])   # read, never changed
 
     def last_of(*names: str) -> int:
         last = -1
@@ -255,7 +265,6 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
             if name in at and at[name][-1] > last:
                 last = at[name][-1]
         return last
-
 
     captured = any(caps)
     faults = ev(H.FAULT_APPLIED)
@@ -273,7 +282,9 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
                        [e for e in evidence if e], "R1")
 
     # The first reset: a reset event, or the banner of a kernel that is not a capture kernel.
-    resets = [at[k][0] for k in RESET_KINDS if k in at] + [i for i in at.get(G.KERNEL_BANNER, ()) if not caps[i]][:1]
+    resets = [at[k][0] for k in RESET_KINDS if k in at]
+    if G.KERNEL_BANNER in at:
+        resets += [i for i in at[G.KERNEL_BANNER] if not caps[i]][:1]
     failed = ev(G.DUMP_FAILED)
     saving = ev(G.DUMP_SAVING)
     if resets:
@@ -299,7 +310,6 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
 
     stall = ev(H.STALL)
     announced = last_of(G.REBOOT_ANNOUNCED)
-    progress = last_of(G.KERNEL_BANNER, G.DUMP_SAVING, G.RESCUE_SHELL, G.WAITING_ROOT, G.PANIC, G.LOGIN_PROMPT)
     if announced >= 0 and progress < announced:
         a = span[announced]
         later_stall = [span[i] for i in at.get(H.STALL, ()) if i > announced]
