@@ -60,7 +60,7 @@ def clean_bytes(raw: bytes, scrubbed: bool = False) -> tuple[str, float | None]:
     """clean() of raw decoded as UTF-8 (bad bytes replaced); scrubbed: its ANSI sequences are already
     gone (a second pass could join what is left into a new one). Without ESC, control bytes can become
     spaces before decoding, which is cheaper and gives the same text: no UTF-8 sequence holds one."""
-    if b"\x1b" in raw and not scrubbed:
+    if not scrubbed and b"\x1b" in raw:
         return clean(raw.decode("utf-8", errors="replace"))
     return _tidy(raw.translate(CONTROL_BYTES).decode("utf-8", errors="replace"))
 
@@ -75,7 +75,8 @@ def _tidy(text: str) -> tuple[str, float | None]:
     kt = None
     m = KERNEL_TS.match(text)
     if m:
-        kt = float(m.group(1)) if m.group(1) else None
+        stamp = m.group(1)
+        kt = float(stamp) if stamp else None
         text = text[m.end():]
     return text, kt
 
