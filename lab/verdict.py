@@ -242,9 +242,11 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
     caps = flags[start:end]
     stages = _stages(events, flags, start, end, before)   # the earliest evidence of each stage
     last_stage = stages[-1].name if stages else NO_STAGE
-    # Each kind's places in the span, and its events: one pass, then every question is a lookup.
+    # Each kind's places in the span, its events and its last place: one pass, then every question is a
+    # lookup.
     at: dict[str, list[int]] = {}
     of: dict[str, list[Event]] = {}
+    last_at: dict[str, int] = {}
     progress = -1   # the last progress event's place
     for i, e in enumerate(span):
         if e.kind in at:
@@ -253,18 +255,12 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         else:
             at[e.kind] = [i]
             of[e.kind] = [e]
+        last_at[e.kind] = i
         if e.kind in PROGRESS:
             progress = i
 
     def ev(name: str) -> list[Event]:
         return of.get(name, [])   # read, never changed
-
-    def last_of(*names: str) -> int:
-        last = -1
-        for name in names:
-            if name in at and at[name][-1] > last:
-                last = at[name][-1]
-        return last
 
     captured = any(caps)
     faults = ev(H.FAULT_APPLIED)
@@ -302,14 +298,14 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         return Verdict(Outcome.REBOOT, last_stage, "reset after the panic, no dump attempted", stages,
                        ev(G.PANIC)[:1] + ev(G.REBOOT_ANNOUNCED)[:1] + [reset], "R2")
 
-    halted = last_of(G.HALTED)
+    halted = last_at.get(G.HALTED, -1)
     if halted >= 0:
         h = span[halted]
         return Verdict(Outcome.HANG, last_stage, f"the machine halted after the panic: {h.text}{storage_note}".rstrip("."),
                        stages, ev(G.PANIC)[:1] + ev(G.REBOOT_ANNOUNCED)[-1:] + [h], "R4")
 
     stall = ev(H.STALL)
-    announced = last_of(G.REBOOT_ANNOUNCED)
+    announced = last_at.get(G.REBOOT_ANNOUNCED, -1)
     if announced >= 0 and progress < announced:
         a = span[announced]
         later_stall = [span[i] for i in at.get(H.STALL, ()) if i > announced]
@@ -322,18 +318,18 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         return Verdict(Outcome.HANG, last_stage, f"reboot announced ({a.text}) but no reset: {s.text}", stages, [a, s], "R4")
 
     # R4: stuck states, most specific first.
-    shell = last_of(G.RESCUE_SHELL)
-    if shell >= 0 and shell >= last_of(G.KERNEL_BANNER, G.LOGIN_PROMPT):
+    shell = last_at.get(G.RESCUE_SHELL, -1)
+    if shell >= 0 and shell >= max(last_at.get(G.KERNEL_BANNER, -1), last_at.get(G.LOGIN_PROMPT, -1)):
         state = "capture kernel dropped to a rescue shell" if caps[shell] else "dropped to a rescue shell"
         waits = ev(G.WAITING_ROOT)
         return Verdict(Outcome.HANG, last_stage, f"{state}: {span[shell].text}{storage_note}.{fix}".rstrip("."),
                        stages, waits[:1] + [span[shell]] + storage[:1] + faults[:1], "R4")
     capture_panics = [i for i in at.get(G.PANIC, ()) if caps[i]]
-    if capture_panics and last_of(G.PANIC_END) > capture_panics[-1]:
+    if capture_panics and last_at.get(G.PANIC_END, -1) > capture_panics[-1]:
         p = span[capture_panics[-1]]
         return Verdict(Outcome.HANG, last_stage, f"the capture kernel panicked and did not reboot: {p.text}{storage_note}.{fix}".rstrip("."),
                        stages, [p] + storage[:1], "R4")
-    stuck = last_of(G.STALL_WARNING)
+    stuck = last_at.get(G.STALL_WARNING, -1)
     if captured and stuck >= 0 and caps[stuck] and progress < stuck:
         return Verdict(Outcome.HANG, last_stage, f"the capture kernel reports itself stuck and the log ends there: "
                        f"{span[stuck].text}{storage_note}.{fix}".rstrip("."),
@@ -354,7 +350,7 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         cause = "kernel.panic=0 and no capture kernel" if last_stage == Stage.PANICKED else f"no progress past {last_stage}"
         return Verdict(Outcome.HANG, last_stage, f"{last_stage}, {cause}{note}: {s.text}", stages,
                        ev(G.PANIC)[:1] + ev(G.PANIC_END)[-1:] + waits[-1:] + [s], "R4")
-    end = last_of(G.PANIC_END)
+    end = last_at.get(G.PANIC_END, -1)
     if end >= 0 and not captured and progress < end:
         return Verdict(Outcome.HANG, last_stage,
                        "panicked and halted: no reboot announced (kernel.panic=0) and no capture kernel (kdump not loaded)",
