@@ -17,6 +17,8 @@ evidence is one cycle that starts inside the capture kernel. Earlier cycles get 
 """
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Iterable
@@ -360,7 +362,22 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
                    stages, ev(G.PANIC)[:1] + last, "R5")
 
 
+@contextmanager
+def _collector_paused():
+    """Reading a log and judging it make objects per event and per cycle but no reference cycle: the
+    cyclic collector finds nothing, yet its full passes over all of them were a quarter to a third of the
+    time on a log of 64,000 panics. Reference counting still frees each object when it is done."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def classify(log) -> Verdict:
     """A saved log (bytes, text or a binary stream) to its verdict."""
-    return derive(read(log, compact=True))   # the same verdict as from every event, in bounded memory
+    with _collector_paused():
+        return derive(read(log, compact=True))   # the same verdict as from every event, in bounded memory
 
