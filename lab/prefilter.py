@@ -221,7 +221,7 @@ class Prefilter:
     def __init__(self, patterns: list[str], max_line: int):
         self.db = _database(tuple(patterns))
         self.scratch = hyperscan.Scratch(self.db)
-        self.markers = len(patterns)
+        self.marker_count = len(patterns)
         self.esc_db = _esc_after_high()
         self.esc_scratch = hyperscan.Scratch(self.esc_db)
         self.max_line = max_line
@@ -243,7 +243,7 @@ class Prefilter:
         at the line's newline; view is base[off:], whole lines."""
         found: list[int] = []
         found_at = found.append
-        width = self.markers
+        width = self.marker_count
 
         def on_match(id_, start, end, flags, context):
             found_at((off + end - 1) * width + id_)   # the match's last byte and its marker, as one number
