@@ -71,6 +71,26 @@ def classifier_throughput(target_bytes: int = 100 * 2**20, repeats: int = 3) -> 
             "rss_growth_while_reading_mib": round((child["rss_peak_kib"] - child["rss_before_kib"]) / 1024, 1)}
 
 
+# A log of nothing but panic lines: each starts a cycle, and each cycle gets its own verdict.
+_PANICS_CHILD = """
+import json, sys, time
+from lab import verdict
+data = b"[   40.100000] Kernel panic - not syncing: sysrq triggered crash\\n" * int(sys.argv[1])
+started = time.perf_counter()
+v = verdict.classify(data)
+print(json.dumps({"seconds": time.perf_counter() - started, "cycles": len(v.earlier) + 1}))
+"""
+
+
+def panic_lines(lines: int = 64_000, repeats: int = 3) -> dict:
+    """`lines` panic lines classified (read and verdict) in a fresh process, the marker database compiled
+    in it too; the median of `repeats`."""
+    children = [json.loads(subprocess.run([sys.executable, "-c", _PANICS_CHILD, str(lines)], capture_output=True,
+                                          text=True, cwd=paths.PROJECT, check=True).stdout) for _ in range(repeats)]
+    child = sorted(children, key=lambda c: c["seconds"])[len(children) // 2]
+    return {"lines": lines, "repeats": repeats, "seconds": round(child["seconds"], 3), "cycles": child["cycles"]}
+
+
 def streaming_latency(repeats: int = 20) -> dict:
     """Live mode: the corpus fed one line per call, as a console delivers it; the latency of a stage event
     is the time from handing its line to the reader to getting the event back."""
@@ -254,6 +274,7 @@ def _bench(argv=None) -> int:
         out["parallel"] = bench_parallel(args.runs, results)
     if "classifier" in parts:
         out["classifier"] = classifier_throughput(repeats=args.runs)
+        out["classifier"]["panic_lines"] = panic_lines(repeats=args.runs)
         out["streaming"] = streaming_latency()
     if any(p != "classifier" for p in parts):
         from . import accel as accel_mod, host
@@ -297,6 +318,8 @@ def table(out: dict) -> str:
         c, st = out["classifier"], out["streaming"]
         lines.append(f"classifier               {c['mb_per_s']} MB/s over {c['bytes'] / 2**20:.0f} MiB read from disk, "
                      f"peak RSS {c['peak_rss_mib']} MiB ({c['events']} events)")
+        p = c["panic_lines"]
+        lines.append(f"{p['lines']:,} panic lines       {p['seconds']} s to classify ({p['cycles']} cycles)")
         lines.append(f"streaming                line to stage event: median {st['median_us']} us, p99 {st['p99_us']} us")
     return "\n".join(lines)
 

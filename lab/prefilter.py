@@ -221,6 +221,7 @@ class Prefilter:
     def __init__(self, patterns: list[str], max_line: int):
         self.db = _database(tuple(patterns))
         self.scratch = hyperscan.Scratch(self.db)
+        self.marker_count = len(patterns)
         self.esc_db = _esc_after_high()
         self.esc_scratch = hyperscan.Scratch(self.esc_db)
         self.max_line = max_line
@@ -237,21 +238,32 @@ class Prefilter:
             return True
         return False
 
-    def _hits(self, view, base, off: int) -> dict[int, set[int]]:
-        """{start of a line in base: the markers that may match it}; view is base[off:], whole lines."""
-        hits: dict[int, set[int]] = {}
-        rfind = base.rfind
-        floor = off - 1 if off else 0   # base[off - 1] is the newline before view
+    def _hits(self, view, base, off: int) -> list[tuple[int, int, set[int]]]:
+        """(start, end, markers that may match) of each line of base that a marker may match, in order, end
+        at the line's newline; view is base[off:], whole lines."""
+        found: list[int] = []
+        found_at = found.append
+        width = self.marker_count
 
         def on_match(id_, start, end, flags, context):
-            line = rfind(b"\n", floor, off + end - 1) + 1   # end - 1: the match's last byte
-            if line in hits:
-                hits[line].add(id_)
-            else:
-                hits[line] = {id_}
+            found_at((off + end - 1) * width + id_)   # the match's last byte and its marker, as one number
 
         self.db.scan(view, match_event_handler=on_match, scratch=self.scratch)
-        return hits
+        found.sort()   # Hyperscan does not promise matches in order; in order, each line is searched once
+        lines: list[tuple[int, int, set[int]]] = []
+        rfind, find = base.rfind, base.find
+        line_end = off - 1   # the newline before view (or -1)
+        markers: set[int] = set()
+        for key in found:
+            at, marker = divmod(key, width)
+            if at > line_end:   # a new line: from the last one's newline to this match, then on to its own
+                start = rfind(b"\n", max(line_end, 0), at) + 1
+                line_end = find(b"\n", at)
+                markers = {marker}
+                lines.append((start, line_end, markers))
+            else:
+                markers.add(marker)
+        return lines
 
     def candidates(self, data, lo: int = 0, hi: int | None = None) -> tuple[list[tuple[int, bytes, bool, set[int]]], int]:
         """(line index, line, scrubbed, markers that may match) of each line of data[lo:hi] that may hold a
@@ -278,13 +290,15 @@ class Prefilter:
         raw_lines = None
         out = []
         index, counted = 0, off
-        for start, markers in sorted(hits.items()):
+        for start, end, markers in hits:
             index += base.count(b"\n", counted, start)
             counted = start
-            end = base.index(b"\n", start)
             if escaped and (raw_only or end - start + removed > self.max_line):
+                # What the whole block lost bounds what this line lost; past that bound the raw line itself
+                # decides (else an ANSI-heavy block sends every line the slow way).
                 raw_lines = raw_lines or bytes(view).split(b"\n")
-                out.append((index, raw_lines[index], False, markers))
-            else:
-                out.append((index, base[start:end], escaped, markers))
+                if raw_only or len(raw_lines[index]) > self.max_line:
+                    out.append((index, raw_lines[index], False, markers))
+                    continue
+            out.append((index, base[start:end], escaped, markers))
         return out, index + base.count(b"\n", counted, top)

@@ -34,7 +34,7 @@ CONTROL_BYTES = bytes(32 if b in _CONTROLS else b for b in range(256))
 MAX_LINE = 64 * 1024  # a longer line is read in pieces of this size: binary junk must not grow memory
 
 
-@dataclass
+@dataclass(slots=True)   # thousands per log: no per-instance dict
 class Event:
     kind: str
     line: int                 # 1-based line in the transcript; 0 for host annotations
@@ -60,7 +60,7 @@ def clean_bytes(raw: bytes, scrubbed: bool = False) -> tuple[str, float | None]:
     """clean() of raw decoded as UTF-8 (bad bytes replaced); scrubbed: its ANSI sequences are already
     gone (a second pass could join what is left into a new one). Without ESC, control bytes can become
     spaces before decoding, which is cheaper and gives the same text: no UTF-8 sequence holds one."""
-    if b"\x1b" in raw and not scrubbed:
+    if not scrubbed and b"\x1b" in raw:
         return clean(raw.decode("utf-8", errors="replace"))
     return _tidy(raw.translate(CONTROL_BYTES).decode("utf-8", errors="replace"))
 
@@ -75,7 +75,8 @@ def _tidy(text: str) -> tuple[str, float | None]:
     kt = None
     m = KERNEL_TS.match(text)
     if m:
-        kt = float(m.group(1)) if m.group(1) else None
+        stamp = m.group(1)
+        kt = float(stamp) if stamp else None
         text = text[m.end():]
     return text, kt
 
@@ -130,9 +131,12 @@ class Reader:
             self._pending = bytes(data[cut:])
         else:
             self._pending += bytes(data)
-        while len(self._pending) > MAX_LINE:   # an endless line: read it in pieces, keep only the rest
-            piece, self._pending = self._pending[:MAX_LINE], self._pending[MAX_LINE:]
-            new += self._match(piece, self.lines + 1, t, False)
+        if len(self._pending) > MAX_LINE:   # an endless line: read it in pieces, keep only the rest
+            pending = self._pending
+            rest = (len(pending) - 1) // MAX_LINE * MAX_LINE   # every piece is cut from the one copy
+            for i in range(0, rest, MAX_LINE):
+                new += self._piece(pending[i:i + MAX_LINE], t)
+            self._pending = pending[rest:]
         if self._pending and self._prompt_fired_on != self.lines + 1:
             cleaned, kt = clean_bytes(self._pending)
             for marker in self.prompts:
@@ -177,6 +181,12 @@ class Reader:
         self.lines += lines
         return new
 
+    def _piece(self, piece: bytes, t) -> list[Event]:
+        """A MAX_LINE piece of an endless line, matched only against the markers the prefilter names."""
+        found = self._prefilter.candidates(piece + b"\n")[0]
+        return [e for _, raw, scrubbed, markers in found
+                for e in self._match(raw, self.lines + 1, t, False, markers, scrubbed)]
+
     def _match(self, raw: bytes, lineno: int, t, skip_prompts: bool, markers: set | None = None,
                scrubbed: bool = False) -> list[Event]:
         text, kt = clean_bytes(raw, scrubbed)
@@ -203,8 +213,11 @@ def read(data: bytes | str | BinaryIO, compact: bool = False) -> list[Event]:
     """Offline: a whole saved log, or a binary file read in CHUNK pieces (bounded memory), through the
     same streaming code as a live console; compact: see Reader."""
     reader = Reader(compact=compact)
-    if isinstance(data, (bytes, str)):
-        reader.feed(data)
+    if isinstance(data, str):
+        data = data.encode("utf-8", errors="replace")
+    if isinstance(data, bytes):   # in CHUNK pieces too: the blocks a file is read in, whatever the log's size
+        for i in range(0, len(data), CHUNK):
+            reader.feed(data[i:i + CHUNK])
     elif hasattr(data, "readinto"):   # one buffer for every chunk: no new megabyte to fault in each time
         buffer = bytearray(CHUNK)
         while n := data.readinto(buffer):

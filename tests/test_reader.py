@@ -59,6 +59,21 @@ def test_endless_line_is_read_in_pieces_not_buffered():
     assert [(e.kind, e.line) for e in got] == [("panic", 2)]   # line numbers stay the file's
 
 
+def test_a_long_line_full_of_markers_takes_time_in_proportion():
+    """Eight times the line, about eight times the time: each match once looked for its line's start
+    from where it was, which made a line of markers quadratic (51 times here, before)."""
+    import time
+    read(b"")   # the prefilter's database, compiled once, outside the timing
+
+    def cpu_seconds(data: bytes) -> float:
+        started = time.process_time()
+        read(data)
+        return time.process_time() - started
+    line = b"Kernel panic - not syncing: "
+    small, big = (cpu_seconds(line * n + b"\n") for n in (10_000, 80_000))
+    assert big < 20 * small + 0.05, (small, big)
+
+
 def test_line_numbers_follow_the_file():
     events = read(b"a\nb\nKernel panic - not syncing: x\n")
     assert events[0].line == 3
@@ -122,6 +137,16 @@ def test_prefilter_edge_cases_match_brute_force():
     log += b"x" * 70_000 + b" Kernel panic - not syncing: long\n"
     assert [(e.kind, e.line) for e in read(log)] == _brute_force(log)
     assert len(read(log)) >= 7
+
+
+def test_a_block_heavy_with_ansi_reads_like_brute_force():
+    """More ANSI in one block than a long line's length: its short lines are read scrubbed, the long
+    one raw, in pieces; the events are what every regex on every cleaned line finds."""
+    colour = b"\x1b[0;1;39m"
+    lines = [colour * 40 + b"[  OK  ] Reached target " + colour + b"Kernel panic - not syncing: " + colour
+             + str(n).encode() for n in range(2000)]
+    log = b"\n".join(lines) + b"\n" + b"x" * 70_000 + colour + b" Rebooting in 5 seconds..\n"
+    assert [(e.kind, e.line) for e in read(log)] == _brute_force(log)
 
 
 def test_prefilter_refuses_what_it_cannot_rewrite():
