@@ -173,3 +173,8 @@ ALL: list[Marker] = [marker for table in STACKS.values() for marker in table]
 # The capture kernel is told apart from a normal boot by what kdump tooling puts on its command line.
 WRAP_LINES = 3
 CAPTURE_CMDLINE = re.compile(r"(?:^|\s)(?:elfcorehdr=|reset_devices(?:\s|$))")
+
+# dump_failed lines that only a save already under way prints (the tool's own "saving failed"), so they
+# show the dump_saving stage was reached; a failure action or a dump target that never mounted do not.
+SAVE_ATTEMPT_FAILED = re.compile(r"kdump-tools: failed to save vmcore|kdump(?:\[\d+\])?: saving vmcore failed"
+                                 r"|makedumpfile Failed\.|Dump saving failed|Saving dump failed")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Iterable
 
-from .markers import CAPTURE_CMDLINE, WRAP_LINES
+from .markers import CAPTURE_CMDLINE, SAVE_ATTEMPT_FAILED, WRAP_LINES
 from .transcript import Event, read
 from .vocabulary import NO_STAGE, GuestEvent, HostEvent, Outcome, Stage
 
@@ -188,7 +188,7 @@ def _stages(events, flags, start, end, before: Iterable[StageReached] = ()) -> l
             reached[name] = StageReached(name, e.line, e.text, e.t, e.kt)
 
     banner, armed, panic, cmdline, handover = G.KERNEL_BANNER, G.KDUMP_ARMED, G.PANIC, G.KERNEL_CMDLINE, G.KEXEC_HANDOVER
-    saving, saved, login = G.DUMP_SAVING, G.DUMP_SAVED, G.LOGIN_PROMPT
+    saving, saved, failed, login = G.DUMP_SAVING, G.DUMP_SAVED, G.DUMP_FAILED, G.LOGIN_PROMPT
     PANICKED, CAPTURE = Stage.PANICKED, Stage.CAPTURE_KERNEL_BOOTED
     reset_seen = False
     for i in range(start, end):
@@ -207,6 +207,9 @@ def _stages(events, flags, start, end, before: Iterable[StageReached] = ()) -> l
             mark(Stage.DUMP_SAVING, e)
         elif kind == saved:
             mark(Stage.DUMP_SAVED, e)
+        elif kind == failed and SAVE_ATTEMPT_FAILED.search(e.text):
+            mark(CAPTURE, e)
+            mark(Stage.DUMP_SAVING, e)   # the save was under way when it failed
         elif _is_reset(e, capture) and (PANICKED in reached or CAPTURE in reached):
             mark(Stage.RESET, e)
             reset_seen = True

@@ -43,9 +43,10 @@ def test_accuracy_and_stage_floors():
     # halted, stall-warning and "saving, then reset" rules (5 unknown, none wrong); 62 of 68 and 57 of 68
     # with nine more logs and Broadcom's CFE banner as firmware; 61 stages since an oops's own hand-over
     # to the capture kernel counts as the crash (arm64's "Starting crashdump kernel...", powerpc's
-    # "kexec: Starting switchover sequence"): never lower.
+    # "kexec: Starting switchover sequence"); 62 since a save that failed shows it had begun: never
+    # lower. (Issue 16's goal: >= 90 % of both, none wrong.)
     assert right >= 62, f"only {right} of {len(FILES)} verdicts right"
-    assert stages >= 61, f"only {stages} of {len(FILES)} stages right"
+    assert stages >= 62, f"only {stages} of {len(FILES)} stages right"
 
 
 def test_no_certain_verdict_is_wrong():

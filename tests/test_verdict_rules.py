@@ -1,4 +1,6 @@
 """One test per verdict rule (R1-R5 in lab/verdict.py and docs/verdicts.md), on short synthetic logs."""
+import pytest
+
 from lab.transcript import Event, read
 from lab.verdict import derive
 from lab.vocabulary import HostEvent
@@ -133,6 +135,19 @@ def test_r5_saving_then_a_reset_with_nothing_between_is_unknown_not_dump_failed(
     v = verdict_of(FIRST + PANIC + CAPTURE + b"kdump[557]: saving vmcore\n[ 30.0] reboot: Restarting system\n")
     assert (v.verdict, v.rule) == ("unknown", "R5")
     assert "does not say whether the save completed" in v.diagnosis
+
+
+@pytest.mark.parametrize("failure, saving", [
+    (b"kdump: saving vmcore failed\n", True),
+    (b"kdump-tools[250]: kdump-tools: failed to save vmcore in /var/crash/1.\n", True),
+    (b"makedumpfile Failed.\n", True),
+    (b"kdump[600]: Executing failure action reboot\n", False),   # the save may never have begun
+    (b"panic-lab: disk_timeout: dump target not mounted after 100 s\n", False),
+])
+def test_a_save_that_failed_shows_it_had_begun(failure, saving):
+    v = verdict_of(FIRST + PANIC + b"[ 0.0] Kernel command line: elfcorehdr=0x22c00000 reset_devices\n" + failure)
+    assert ("dump_saving" in [s.name for s in v.stages]) == saving
+    assert "capture_kernel_booted" in [s.name for s in v.stages]
 
 
 def test_a_log_that_starts_at_the_capture_kernel_s_command_line_is_in_the_capture_kernel():
