@@ -144,7 +144,7 @@ class RunReport:
             "verdict_t": self.decided.get("verdict_t"), "decided_by": self.decided.get("by"), "kept": self.kept,
             "stages": [dataclasses.asdict(s) for s in v.stages],
             "evidence": [{"line": e.line, "text": e.text, "event": e.kind, "t": e.t} for e in v.evidence],
-            "earlier_cycles": [c.to_json() for c in v.earlier],
+            "earlier_cycles": [c.to_json() for c in v.earlier], "earlier_cycles_omitted": v.earlier_omitted,
             "expected": expected, "expectation_met": None if expected is None else self.outcome == expected,
             "kdump": self.kdump, "vmcore": self.vmcore, "preflight": self.preflight, "profile": self.profile,
             "disk_check": self.disk_check, "hv_crash": self.hv_crash, "accel": self.accel, "hyperv": self.hyperv,

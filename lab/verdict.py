@@ -32,6 +32,10 @@ from .vocabulary import NO_STAGE, GuestEvent, HostEvent, Outcome, Stage
 G = SimpleNamespace(**GuestEvent.__members__)
 H = SimpleNamespace(**HostEvent.__members__)
 
+# Earlier cycles a verdict carries in full; the rest are counted. A log of thousands of panics would
+# otherwise keep thousands of verdicts (about 1.4 KiB each).
+EARLIER_SHOWN = 3
+
 KB2858695_FIX = ("blacklist the hv_* drivers in the capture kernel and let ata_piix take the disk "
                  "(ata_piix.prefer_ms_hyperv=0), as in Microsoft KB2858695")
 
@@ -53,7 +57,8 @@ class Verdict:
     stages: list[StageReached] = field(default_factory=list)
     evidence: list[Event] = field(default_factory=list)
     rule: str = ""
-    earlier: list["Verdict"] = field(default_factory=list)
+    earlier: list["Verdict"] = field(default_factory=list)   # the first EARLIER_SHOWN cycles before this one
+    earlier_omitted: int = 0                                   # and how many more there were
 
     @property
     def confidence(self) -> str | None:
@@ -73,6 +78,7 @@ class Verdict:
             "stages": [vars(s) for s in self.stages],
             "evidence": [{"line": e.line, "text": e.text, "event": e.kind, "t": e.t} for e in self.evidence],
             "earlier_cycles": [c.to_json() for c in self.earlier],
+            "earlier_cycles_omitted": self.earlier_omitted,
         }
 
 
@@ -166,13 +172,14 @@ def derive(events: list[Event]) -> Verdict:
             last = before[-1].name if before else NO_STAGE
             return Verdict(Outcome.UNKNOWN, last, "no panic in the transcript", before, [], "R5")
         starts = [capture_at[0]]
-    cycles = []
     before = _pre_panic_stages(events, flags)
-    for n, start in enumerate(starts):
-        end = starts[n + 1] if n + 1 < len(starts) else len(events)
-        cycles.append(_cycle(events, flags, start, end, before[start]))
-    final = cycles[-1]
-    final.earlier = cycles[:-1]
+
+    def cycle(n: int) -> Verdict:
+        start, end = starts[n], (starts[n + 1] if n + 1 < len(starts) else len(events))
+        return _cycle(events, flags, start, end, before[start])
+    final = cycle(len(starts) - 1)
+    final.earlier = [cycle(n) for n in range(min(EARLIER_SHOWN, len(starts) - 1))]
+    final.earlier_omitted = len(starts) - 1 - len(final.earlier)
     return final
 
 

@@ -196,3 +196,10 @@ def test_a_hand_over_without_an_oops_or_after_a_panic_starts_no_crash_of_its_own
     assert (v.verdict, v.stage) == ("unknown", "booted")
     v = verdict_of(FIRST + PANIC + b"[ 40.2] Starting crashdump kernel...\n")
     assert v.stage == "panicked" and not v.earlier and v.stages[-1].text.startswith("Kernel panic")
+
+
+def test_a_log_of_many_panics_shows_its_first_cycles_and_counts_the_rest():
+    """Memory must not grow with every cycle: thousands of panics would keep thousands of verdicts."""
+    v = verdict_of(FIRST + b"[ 40.1] Kernel panic - not syncing: Fatal exception\n" * 10)
+    assert len(v.earlier) == 3 and v.earlier_omitted == 6
+    assert v.to_json()["earlier_cycles_omitted"] == 6
