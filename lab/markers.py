@@ -20,6 +20,8 @@ Events, and what the verdict rules (verdict.py) make of them:
   crash_trigger     the crash was asked for (sysrq c)
   oops              an oops/BUG: trouble, not yet a panic
   stall_warning     the kernel reports itself stuck (soft lockup, RCU stall, a task or worker blocked)
+  hardware_error    the firmware reports a hardware error (one line per report); a capture kernel that
+                    repeats one report after its last progress is looping on it
   panic             panic() started
   panic_end         panic() finished printing; the kernel halts or reboots after this
   reboot_announced  panic() will reset after N seconds (kernel.panic / panic=)
@@ -82,6 +84,7 @@ KERNEL = _table("kernel", [
     ("stall_warning", r"BUG: soft lockup - CPU#?\d+ stuck for"),
     ("stall_warning", r"rcu: INFO: rcu_\w+ (?:self-)?detected stalls? on CPU"),
     ("stall_warning", r"INFO: task \S+ blocked for more than \d+ seconds"),
+    ("hardware_error", r"\[Hardware Error\]: Hardware error from APEI Generic"),   # a mail client may wrap the rest
     ("panic", r"(?<!end )Kernel panic - not syncing: ?(.*)"),
     ("panic_end", r"---\[ end Kernel panic"),
     ("reboot_announced", r"Rebooting in (\d+) seconds"),

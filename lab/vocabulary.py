@@ -50,6 +50,7 @@ class GuestEvent(StrEnum):
     CRASH_TRIGGER = "crash_trigger"
     OOPS = "oops"
     STALL_WARNING = "stall_warning"
+    HARDWARE_ERROR = "hardware_error"
     HALTED = "halted"
     PANIC = "panic"
     PANIC_END = "panic_end"

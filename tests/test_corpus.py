@@ -23,8 +23,10 @@ def test_corpus_log_is_never_misclassified(row):
 @pytest.mark.skipif(not ROWS, reason=f"corpus not found at {CORPUS}")
 def test_corpus_accuracy_floor():
     right = sum(derive(read((CORPUS / r["file"]).read_bytes())).verdict == r["label"] for r in ROWS)
-    # 13 of 16 at the time of writing; the other 3 are "unknown" (see the closing notes): never lower.
-    assert right >= 13, f"only {right} of {len(ROWS)} corpus logs right"
+    # 13 of 16 at first; 14 since a capture kernel repeating a hardware error report is looping. The
+    # other 2 stop where the text cannot tell (cut at the panic's "Kernel Offset", and mid-boot at
+    # "Run /init"): "unknown". Never lower.
+    assert right >= 14, f"only {right} of {len(ROWS)} corpus logs right"
 
 
 @pytest.mark.skipif(not ROWS, reason=f"corpus not found at {CORPUS}")

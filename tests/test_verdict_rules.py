@@ -203,3 +203,17 @@ def test_a_log_of_many_panics_shows_its_first_cycles_and_counts_the_rest():
     v = verdict_of(FIRST + b"[ 40.1] Kernel panic - not syncing: Fatal exception\n" * 10)
     assert len(v.earlier) == 3 and v.earlier_omitted == 6
     assert v.to_json()["earlier_cycles_omitted"] == 6
+
+
+GHES = b"[ 10.0] {2}[Hardware Error]: Hardware error from APEI Generic Hardware Error Source: 0\n" \
+       b"[ 10.0] {2}[Hardware Error]: event severity: recoverable\n"
+
+
+def test_r4_a_capture_kernel_repeating_a_hardware_error_report_is_looping():
+    saving = FIRST + PANIC + CAPTURE + b"kdump[494]: saving vmcore\n"
+    v = verdict_of(saving + GHES + GHES)
+    assert (v.verdict, v.rule, v.stage) == ("hang", "R4", "dump_saving")
+    assert "repeats a hardware error report" in v.diagnosis
+    # One report, then the log ends: it may have been cut there. Progress after the reports: not stuck.
+    assert verdict_of(saving + GHES).verdict == "unknown"
+    assert verdict_of(saving + GHES + GHES + b"kdump[494]: saving vmcore complete\n").verdict == "dump"
