@@ -58,7 +58,8 @@ KVM_BASE = dict(name="kvm", domain_type="kvm", cpu_mode="host-passthrough")
 
 
 def _cache_file(conn: libvirt.virConnect) -> str:
-    ident = f"{platform.release()}-{conn.getVersion()}-{conn.getLibVersion()}"
+    qemu = qemu_user.for_connection(conn)   # what QEMU may open (/dev/kvm) depends on who it runs as
+    ident = f"{platform.release()}-{conn.getVersion()}-{conn.getLibVersion()}-uid{qemu.uid if qemu else 'libvirt'}"
     return str(paths.cache_dir() / f"accel-{ident}.json")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import accel as accel_mod
 from . import domain, host, image, paths, qemu_user, seed
+from .errors import HostError
 from .scenario import Scenario
 
 CRASHKERNEL_ARG = re.compile(r"\s*\bcrashkernel=\S+")
@@ -30,7 +31,7 @@ def plan(scenario: Scenario, folder: Path) -> list[Piece]:
     run_id = f"{scenario.name}-dry-run"
     scratch = paths.work_dir() / run_id   # where a run would put them; nothing is made there
     xml, rendered, kdump = domain.render(scenario, img, accel, run_id, scratch / "disk.qcow2", scratch / "seed.iso",
-                                         qemu_user.label_for_uri(host.uri()))
+                                         _qemu_label())
     folder.mkdir(parents=True, exist_ok=True)
     pieces = [Piece("domain XML", folder / "domain.xml"), Piece("NoCloud user-data", folder / "user-data"),
               Piece("NoCloud meta-data", folder / "meta-data"), Piece("kernel command lines", folder / "cmdline.txt"),
@@ -55,3 +56,11 @@ def plan(scenario: Scenario, folder: Path) -> list[Piece]:
     table += [f"  {conf:<60} -> {tools}" for conf, tools in kdump.lines] or ["  (the distribution's own, unchanged)"]
     pieces[4].path.write_text("\n".join(table) + "\n")
     return pieces
+
+
+def _qemu_label() -> str | None:
+    """The DAC label a run would give its domain; a dry run renders even where that user is missing."""
+    try:
+        return qemu_user.label_for_uri(host.uri())
+    except HostError:
+        return None

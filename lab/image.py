@@ -221,6 +221,7 @@ def ensure(name: str, log=sys.stderr, kernel: str = "") -> Image:
     key = image_key(name, kernel)
     root = paths.owned_cache() / "images"
     root.mkdir(exist_ok=True)
+    root.chmod(0o755)   # whatever root's umask: QEMU's user passes through to the images
     # The lock is the images folder itself: no lock file is left behind.
     with paths.locked(root):
         image = _load(name, key)  # another process may have built it while we waited

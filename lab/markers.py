@@ -20,8 +20,8 @@ Events, and what the verdict rules (verdict.py) make of them:
   crash_trigger     the crash was asked for (sysrq c)
   oops              an oops/BUG: trouble, not yet a panic
   stall_warning     the kernel reports itself stuck (soft lockup, RCU stall, a task or worker blocked)
-  hardware_error    the firmware reports a hardware error (one line per report); a capture kernel that
-                    repeats one report after its last progress is looping on it
+  hardware_error    the firmware reports an uncorrected hardware error (one line per report); a capture
+                    kernel that repeats the same report after its last progress is looping on it
   panic             panic() started
   panic_end         panic() finished printing; the kernel halts or reboots after this
   reboot_announced  panic() will reset after N seconds (kernel.panic / panic=)
@@ -84,7 +84,8 @@ KERNEL = _table("kernel", [
     ("stall_warning", r"BUG: soft lockup - CPU#?\d+ stuck for"),
     ("stall_warning", r"rcu: INFO: rcu_\w+ (?:self-)?detected stalls? on CPU"),
     ("stall_warning", r"INFO: task \S+ blocked for more than \d+ seconds"),
-    ("hardware_error", r"\[Hardware Error\]: Hardware error from APEI Generic"),   # a mail client may wrap the rest
+    # One line per report that needs handling (APEI/GHES says "corrected" or "info" for the rest).
+    ("hardware_error", r"\[Hardware Error\]: +event severity: (?:recoverable|fatal)"),
     ("panic", r"(?<!end )Kernel panic - not syncing: ?(.*)"),
     ("panic_end", r"---\[ end Kernel panic"),
     ("reboot_announced", r"Rebooting in (\d+) seconds"),
@@ -181,3 +182,10 @@ CAPTURE_CMDLINE = re.compile(r"(?:^|\s)(?:elfcorehdr=|reset_devices(?:\s|$))")
 # show the dump_saving stage was reached; a failure action or a dump target that never mounted do not.
 SAVE_ATTEMPT_FAILED = re.compile(r"kdump-tools: failed to save vmcore|kdump(?:\[\d+\])?: saving vmcore failed"
                                  r"|makedumpfile Failed\.|Dump saving failed|Saving dump failed")
+
+# APEI numbers each hardware error record ("{2}[Hardware Error]: ..."): a repeat differs only there.
+_RECORD_NUMBER = re.compile(r"^\{\d+\}")
+
+
+def same_report(a: str, b: str) -> bool:
+    return _RECORD_NUMBER.sub("", a) == _RECORD_NUMBER.sub("", b)

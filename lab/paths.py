@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import pwd
 import shutil
 import sys
 import tempfile
@@ -37,24 +38,29 @@ def _home_cache() -> Path:
 def cache_dir() -> Path:
     if os.environ.get("LAB_CACHE_DIR"):
         return Path(os.environ["LAB_CACHE_DIR"])
-    if os.geteuid() != 0:
-        return _home_cache()
-    _move_home_cache_once()
-    return ROOT_CACHE
+    return ROOT_CACHE if os.geteuid() == 0 else _home_cache()
 
 
 _moved = False
 
 
-def _move_home_cache_once() -> None:
-    """Before QEMU ran unprivileged, root's cache was under ~/.cache: the lab moves its own marked cache
-    (a rename: images are gigabytes) the first time; anything else there is left and said."""
+def _move_roots_old_cache_once() -> None:
+    """Before QEMU ran unprivileged, root's cache was /root/.cache/panic-lab: the first lab process that
+    writes to the cache moves it, if it is the lab's (marked, root's) and no run of it is going (a rename:
+    images are gigabytes). A reader (`lab images`, a dry run) moves nothing."""
     global _moved
-    old = _home_cache()
-    if _moved or ROOT_CACHE.exists() or not is_marked(old):
-        _moved = True
+    if _moved:
         return
     _moved = True
+    old = Path(pwd.getpwuid(0).pw_dir) / ".cache" / "panic-lab"   # root's own, whatever HOME a sudo kept
+    if not is_marked(old) or old.stat().st_uid != 0:
+        return
+    runs = old / "runs"
+    if ROOT_CACHE.exists() or (runs.is_dir() and any(owner_alive(scratch_owner(e) or 0) for e in runs.iterdir())):
+        why = f"{ROOT_CACHE} exists" if ROOT_CACHE.exists() else "a run of it is still going"
+        print(f"cache: {old} is no longer used and was not moved ({why}); the cache is {ROOT_CACHE}",
+              file=sys.stderr, flush=True)
+        return
     try:
         ROOT_CACHE.parent.mkdir(parents=True, exist_ok=True)
         os.rename(old, ROOT_CACHE)
@@ -62,9 +68,8 @@ def _move_home_cache_once() -> None:
         print(f"cache: moved {old} to {ROOT_CACHE} (QEMU now runs as libvirt's unprivileged user, "
               "which cannot read under /root)", file=sys.stderr, flush=True)
     except OSError as exc:
-        if not ROOT_CACHE.exists():
-            print(f"cache: {old} is no longer used, and could not be moved to {ROOT_CACHE} ({exc.strerror}); "
-                  "move it there by hand, or remove it", file=sys.stderr, flush=True)
+        print(f"cache: {old} is no longer used, and could not be moved to {ROOT_CACHE} ({exc.strerror}); "
+              "move it there by hand, or remove it", file=sys.stderr, flush=True)
 
 
 def work_dir() -> Path:
@@ -114,8 +119,15 @@ def _write_mark(folder: Path) -> None:
 
 
 def owned_cache() -> Path:
-    """The cache, marked as the lab's; called by everything that writes into it."""
-    return claim(cache_dir(), adopt=not os.environ.get("LAB_CACHE_DIR"))
+    """The cache, marked as the lab's; called by everything that writes into it. A home cache made
+    before marks existed is adopted; a LAB_CACHE_DIR or /var/cache/panic-lab that is not the lab's
+    (unmarked, not empty) is refused."""
+    if os.environ.get("LAB_CACHE_DIR"):
+        return claim(cache_dir())
+    if os.geteuid() != 0:
+        return claim(cache_dir(), adopt=True)
+    _move_roots_old_cache_once()
+    return claim(ROOT_CACHE)
 
 
 def scratch_root() -> Path:

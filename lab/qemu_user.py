@@ -16,7 +16,7 @@ from pathlib import Path
 
 import libvirt
 
-from .errors import HostError
+from .errors import HostError, shown_path
 
 DEFAULT = "libvirt-qemu"   # Debian's libvirt-daemon-system runs QEMU as this user on qemu:///system
 
@@ -53,25 +53,28 @@ class QemuUser:
         path = given.resolve()
         # QEMU walks the path as named, then wherever its symlinks lead.
         for folder in [*reversed(given.parents), *reversed(path.parents)]:
-            st = folder.stat()
+            try:
+                st = folder.stat()
+            except OSError:
+                return f"{shown_path(folder)} does not exist"
             if not self._may(st, (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)):
-                return f"{folder} is mode {stat.S_IMODE(st.st_mode):o} owned by {_owner(st)}"
+                return f"{shown_path(folder)} is mode {stat.S_IMODE(st.st_mode):o} owned by {_owner(st)}"
         try:
             st = path.stat()
-        except FileNotFoundError:
-            return f"{path} does not exist"
+        except OSError:
+            return f"{shown_path(path)} does not exist"
         if not self._may(st, (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)) or \
                 (write and not self._may(st, (stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH))):
-            return f"{path} is mode {stat.S_IMODE(st.st_mode):o} owned by {_owner(st)}"
+            return f"{shown_path(path)} is mode {stat.S_IMODE(st.st_mode):o} owned by {_owner(st)}"
         return None
 
     def check_reads(self, stage: str, files: list[Path]) -> None:
         for path in files:
             reason = self.why_not(path)
             if reason:
-                raise HostError(stage, f"QEMU runs as {self.name}, which cannot read {path}: {reason}; keep the "
-                                       "lab's cache where that user can reach it (LAB_CACHE_DIR; as root the default "
-                                       "is /var/cache/panic-lab)")
+                raise HostError(stage, f"QEMU runs as {self.name}, which cannot read {shown_path(path)}: {reason}; "
+                                       "keep the lab's cache (LAB_CACHE_DIR; as root /var/cache/panic-lab by default) "
+                                       "and scratch (LAB_WORK_DIR) where that user can reach them")
 
 
 def _owner(st: os.stat_result) -> str:

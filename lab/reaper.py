@@ -1,8 +1,9 @@
 """The net under restored domains. libvirt destroys a domain started with VIR_DOMAIN_START_AUTODESTROY when
 the lab's connection closes, but its restore takes no such flag. So the first restore starts a small
-watcher, in a session of its own (a terminal's Ctrl-C or hang-up does not reach it), which reads the lab's
-instructions from a pipe. If the pipe ends before the lab says "done" (kill -9, a crash), the watcher
-destroys each domain still watched whose metadata names the dead lab as its owner, and exits.
+watcher, in a session of its own (a terminal's Ctrl-C or hang-up does not reach it), which reads from a
+pipe the names of the domains the lab restored, and of those it destroyed or kept. When the pipe ends
+(the lab exited, was killed with -9, or crashed), the watcher destroys each name still on its list whose
+metadata names the lab as its owner, and exits. After a clean teardown the list is empty.
 
 Usage (by the lab only): python -m lab.reaper OWNER_PID   (instructions on stdin)
 """
@@ -13,9 +14,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
+
+from .errors import HostError
 
 _lock = threading.Lock()
 _watcher: subprocess.Popen | None = None
+RESTORE_WAIT = 60.0   # a restore the lab was killed in may still complete in libvirtd: look this long
 
 
 def _send(line: str) -> None:
@@ -27,15 +33,26 @@ def _send(line: str) -> None:
 
 
 def watch(uri: str, name: str) -> None:
-    """Destroy `name` if this process dies before `release(name)` or a normal exit."""
+    """Destroy `name` if this process ends before `release(name)`; say `restored(name)` once it exists."""
     global _watcher
     with _lock:
         if _watcher is None:
-            _watcher = subprocess.Popen([sys.executable, "-m", "lab.reaper", str(os.getpid())], text=True,
+            project = Path(__file__).resolve().parent.parent   # not the caller's folder: it may hold a lab/ of its own
+            _watcher = subprocess.Popen([sys.executable, "-m", "lab.reaper", str(os.getpid())], text=True, cwd=project,
                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
-            atexit.register(_done)
+            atexit.register(_close)
+            time.sleep(0.05)
+            if _watcher.poll() is not None:
+                _watcher = None
+                raise HostError("snapshot", "the watcher for restored domains (python -m lab.reaper) did not start")
         _send(f"watch {uri} {name}")
+
+
+def restored(name: str) -> None:
+    with _lock:
+        if _watcher is not None:
+            _send(f"restored - {name}")
 
 
 def release(name: str) -> None:
@@ -45,55 +62,67 @@ def release(name: str) -> None:
             _send(f"release - {name}")
 
 
-def _done() -> None:
+def _close() -> None:
+    """At exit: end the pipe and wait, so that nothing of the lab outlives it (the list is empty after a
+    clean teardown; what a failed one left is destroyed now)."""
     global _watcher
     with _lock:
         if _watcher is None:
             return
-        _send("done")
         try:
             _watcher.stdin.close()
         except OSError:
             pass
         try:
-            _watcher.wait(timeout=10)
+            _watcher.wait(timeout=RESTORE_WAIT + 15)
         except subprocess.TimeoutExpired:
             _watcher.kill()
+            _watcher.wait()
         _watcher = None
 
 
-def _reap(owner: int, watched: dict[str, str]) -> None:
+def _reap(owner: int, watched: dict[str, str], confirmed: set[str]) -> None:
     import libvirt
 
     from . import kept
-    for name, uri in watched.items():
-        try:
-            conn = libvirt.open(uri)
-        except libvirt.libvirtError:
-            continue
-        try:
-            dom = conn.lookupByName(name)
-            if kept.lab_run(dom)[1] == owner and dom.isActive():
-                dom.destroy()
-        except libvirt.libvirtError:
-            pass   # gone already
-        finally:
-            conn.close()
+    deadline = time.monotonic() + RESTORE_WAIT
+    while watched:
+        for name, uri in list(watched.items()):
+            try:
+                conn = libvirt.open(uri)
+            except libvirt.libvirtError:
+                watched.pop(name)
+                continue
+            try:
+                dom = conn.lookupByName(name)
+                if kept.lab_run(dom)[1] == owner and dom.isActive():
+                    dom.destroy()
+                watched.pop(name)
+            except libvirt.libvirtError:
+                if name in confirmed:   # gone already
+                    watched.pop(name)
+            finally:
+                conn.close()
+        if not watched or time.monotonic() > deadline:
+            return
+        time.sleep(0.5)   # a restore cut short may still be finishing in libvirtd
 
 
 def main(argv: list[str]) -> int:
     owner = int(argv[1])
     watched: dict[str, str] = {}
+    confirmed: set[str] = set()
     for line in sys.stdin:
         word, _, rest = line.strip().partition(" ")
-        if word == "done":
-            return 0
         uri, _, name = rest.partition(" ")
         if word == "watch":
             watched[name] = uri
+            confirmed.discard(name)
+        elif word == "restored":
+            confirmed.add(name)
         elif word == "release":
             watched.pop(name, None)
-    _reap(owner, watched)
+    _reap(owner, watched, confirmed)
     return 0
 
 

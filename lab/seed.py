@@ -80,6 +80,7 @@ def write_iso(seed: Seed, directory: Path) -> Path:
     paths.private_file(src / "user-data", seed.user_data)
     paths.private_file(src / "meta-data", seed.meta_data)
     iso = directory / "seed.iso"
+    paths.private_file(iso, "")   # genisoimage keeps an existing file's mode: 0600 from the first byte
     done = subprocess.run([tool, "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet", "-rock",
                            str(src / "user-data"), str(src / "meta-data")], capture_output=True, text=True)
     if done.returncode != 0:

@@ -19,16 +19,13 @@ import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import libvirt
 
-from . import paths, reaper
+from . import paths, qemu_user, reaper
 from .errors import HostError
 from .scenario import Scenario
 
-if TYPE_CHECKING:
-    from .qemu_user import QemuUser
 
 # What does not change the ready guest: how the panic is triggered, what is expected, how often, how long to wait.
 NOT_GUEST_STATE = {"name", "description", "trigger", "expect", "repeat", "stall_seconds", "boot_seconds",
@@ -76,6 +73,7 @@ def making(snap: Snapshot):
     """Held while a snapshot is made; yields whether it still has to be made (another process may have)."""
     paths.owned_cache()
     root().mkdir(exist_ok=True)
+    root().chmod(0o755)   # whatever root's umask: QEMU's user passes through
     with paths.locked(root()):
         yield not snap.ready()
 
@@ -90,6 +88,7 @@ def save(conn: libvirt.virConnect, dom: libvirt.virDomain, overlay: Path, seed_i
     tmp = snap.folder.with_name(snap.folder.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    tmp.chmod(0o755)   # QEMU's user passes through to the disk and seed of every restore
     try:
         try:
             dom.save(str(tmp / "state.save"))
@@ -102,9 +101,12 @@ def save(conn: libvirt.virConnect, dom: libvirt.virDomain, overlay: Path, seed_i
         xml = _retarget(conn.saveImageGetXMLDesc(str(tmp / "state.save")), {str(overlay): str(snap.folder / disk.name),
                                                                            str(seed_iso): str(snap.folder / "seed.iso")})
         conn.saveImageDefineXML(str(tmp / "state.save"), xml)
-        if os.geteuid() == 0:   # the guest's QEMU user owned it: it must not be able to make it writable again
+        if os.geteuid() == 0:   # the guest's QEMU user owned them: it must not be able to change them again
             os.chown(disk, 0, 0)
+            qemu = qemu_user.for_connection(conn)
+            os.chown(tmp / "seed.iso", 0, qemu.gid if qemu else 0)
         os.chmod(disk, 0o444)   # repeats write to their own overlays or copies
+        os.chmod(tmp / "seed.iso", 0o440)   # it holds the guest's root password: root and QEMU's group alone
         paths.private_file(tmp / "user-data", user_data)
         (tmp / "ready.json").write_text(json.dumps({"disk": disk.name, "facts": facts}, indent=2))
         tmp.rename(snap.folder)
@@ -126,7 +128,7 @@ def _retarget(xml: str, paths_map: dict[str, str], run_id: str | None = None) ->
 
 
 def restore(conn: libvirt.virConnect, snap: Snapshot, workdir: Path, run_id: str,
-            qemu: QemuUser | None = None) -> tuple[libvirt.virDomain, Path, str]:
+            qemu: qemu_user.QemuUser | None = None) -> tuple[libvirt.virDomain, Path, str]:
     """A new, paused domain from the snapshot, on its own disk in workdir.
 
     It keeps the saved domain's name and UUID (libvirt checks a restored guest's ABI against the saved
@@ -150,7 +152,11 @@ def restore(conn: libvirt.virConnect, snap: Snapshot, workdir: Path, run_id: str
     reaper.watch(conn.getURI(), name)   # from before it exists: libvirt's restore has no autodestroy
     try:
         conn.restoreFlags(str(snap.state), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
-        return conn.lookupByName(name), overlay, xml
     except libvirt.libvirtError as exc:
         reaper.release(name)
         raise HostError("snapshot", f"libvirt could not restore {snap.folder.name}: {exc.get_error_message()}") from None
+    reaper.restored(name)
+    try:
+        return conn.lookupByName(name), overlay, xml
+    except libvirt.libvirtError as exc:
+        raise HostError("snapshot", f"restored {name} but cannot reach it: {exc.get_error_message()}") from None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Iterable
 
-from .markers import CAPTURE_CMDLINE, SAVE_ATTEMPT_FAILED, WRAP_LINES
+from .markers import CAPTURE_CMDLINE, SAVE_ATTEMPT_FAILED, WRAP_LINES, same_report
 from .transcript import Event, read
 from .vocabulary import NO_STAGE, GuestEvent, HostEvent, Outcome, Stage
 
@@ -346,15 +346,15 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         return Verdict(Outcome.HANG, last_stage, f"the capture kernel reports itself stuck and the log ends there: "
                        f"{span[stuck].text}{storage_note}.{fix}".rstrip("."),
                        stages, ev(G.KERNEL_CMDLINE)[-1:] + [span[stuck]] + storage[:1], "R4")
-    looping = [i for i in at.get(G.HARDWARE_ERROR, ()) if caps[i] and i > progress]
-    if captured and len(looping) >= 2:
-        return Verdict(Outcome.HANG, last_stage, "the capture kernel repeats a hardware error report after its last "
-                       f"progress and the log ends there: {span[looping[-1]].text}{storage_note}".rstrip("."),
-                       stages, ev(G.KERNEL_CMDLINE)[-1:] + [span[looping[0]], span[looping[-1]]], "R4")
     if captured and storage:
         return Verdict(Outcome.HANG, last_stage,
                        f"capture kernel booted, waiting for the dump target: {storage[-1].text}.{fix}",
                        stages, ev(G.KERNEL_CMDLINE)[-1:] + storage[:3], "R4")
+    looping = [i for i in at.get(G.HARDWARE_ERROR, ()) if caps[i] and i > progress]
+    if captured and len(looping) >= 2 and same_report(span[looping[0]].text, span[looping[-1]].text):
+        return Verdict(Outcome.HANG, last_stage, "the capture kernel repeats the same hardware error report after "
+                       f"its last progress and the log ends there: {span[looping[-1]].text}",
+                       stages, ev(G.KERNEL_CMDLINE)[-1:] + [span[looping[0]], span[looping[-1]]], "R4")
     if stall:
         s = stall[-1]
         waits = ev(G.WAITING_ROOT)

@@ -94,17 +94,27 @@ def test_the_label_runs_qemu_as_that_user_and_relabels_nothing():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root's cache moved")
-@pytest.mark.parametrize("marked", [True, False])
-def test_roots_old_cache_is_moved_once_and_only_if_it_is_the_labs(tmp_path, monkeypatch, marked):
+@pytest.mark.parametrize("marked, new_exists, moved", [(True, False, True), (False, False, False), (True, True, False)])
+def test_roots_old_cache_is_moved_once_and_only_if_it_is_the_labs(tmp_path, monkeypatch, capsys, marked, new_exists, moved):
+    from types import SimpleNamespace
+
     from lab import paths
-    old = tmp_path / "home" / "panic-lab"
+    old = tmp_path / "root-home" / ".cache" / "panic-lab"
     (old / "images").mkdir(parents=True)
     if marked:
         (old / paths.MARK).write_text("made by panic-lab\n")
+    new = tmp_path / "var" / "panic-lab"
+    if new_exists:
+        paths.claim(new)
     monkeypatch.delenv("LAB_CACHE_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(paths, "ROOT_CACHE", tmp_path / "var" / "panic-lab")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "someone-else"))   # a HOME kept by sudo is not root's
+    monkeypatch.setattr(paths.pwd, "getpwuid", lambda uid: SimpleNamespace(pw_dir=str(tmp_path / "root-home")))
+    monkeypatch.setattr(paths, "ROOT_CACHE", new)
     monkeypatch.setattr(paths, "_moved", False)
-    assert paths.cache_dir() == tmp_path / "var" / "panic-lab"
-    assert (tmp_path / "var" / "panic-lab" / "images").is_dir() == marked
-    assert old.exists() != marked   # a folder without the lab's mark is not the lab's to move
+    assert paths.cache_dir() == new and old.exists()   # a reader moves nothing
+    assert paths.owned_cache() == new
+    assert (new / "images").is_dir() == moved
+    assert old.exists() != moved   # a folder without the lab's mark is not the lab's to move
+    said = capsys.readouterr().err
+    assert ("cache: moved" in said) == moved
+    assert ("was not moved" in said) == (marked and new_exists)
