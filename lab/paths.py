@@ -65,6 +65,8 @@ def _move_roots_old_cache_once() -> None:
         ROOT_CACHE.parent.mkdir(parents=True, exist_ok=True)
         os.rename(old, ROOT_CACHE)
         os.chmod(ROOT_CACHE, 0o755)
+        for seed in ROOT_CACHE.glob("snapshots/*/seed.iso"):   # 0644 was safe under /root: not here
+            os.chmod(seed, 0o400)
         print(f"cache: moved {old} to {ROOT_CACHE} (QEMU now runs as libvirt's unprivileged user, "
               "which cannot read under /root)", file=sys.stderr, flush=True)
     except OSError as exc:

@@ -101,6 +101,9 @@ def test_roots_old_cache_is_moved_once_and_only_if_it_is_the_labs(tmp_path, monk
     from lab import paths
     old = tmp_path / "root-home" / ".cache" / "panic-lab"
     (old / "images").mkdir(parents=True)
+    (old / "snapshots" / "k").mkdir(parents=True)
+    (old / "snapshots" / "k" / "seed.iso").write_text("a guest's root password")
+    os.chmod(old / "snapshots" / "k" / "seed.iso", 0o644)
     if marked:
         (old / paths.MARK).write_text("made by panic-lab\n")
     new = tmp_path / "var" / "panic-lab"
@@ -115,6 +118,8 @@ def test_roots_old_cache_is_moved_once_and_only_if_it_is_the_labs(tmp_path, monk
     assert paths.owned_cache() == new
     assert (new / "images").is_dir() == moved
     assert old.exists() != moved   # a folder without the lab's mark is not the lab's to move
+    if moved:   # an old snapshot's seed was safe under /root (0700); under /var/cache it must be private
+        assert (new / "snapshots" / "k" / "seed.iso").stat().st_mode & 0o077 == 0
     said = capsys.readouterr().err
     assert ("cache: moved" in said) == moved
     assert ("was not moved" in said) == (marked and new_exists)
