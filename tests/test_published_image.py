@@ -64,7 +64,7 @@ def published(tmp_path):
     cache = paths.cache_dir() / "cloud" / NAME
     assert not cache.exists(), f"{cache} is left from an earlier session"
     yield catalog, server
-    server.httpd.shutdown()
+    server.stop()
     shutil.rmtree(cache, ignore_errors=True)
 
 

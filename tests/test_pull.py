@@ -19,7 +19,7 @@ from loopback import Server
 def server():
     s = Server()
     yield s
-    s.httpd.shutdown()
+    s.stop()
 
 
 @pytest.fixture
