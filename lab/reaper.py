@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from .errors import HostError
 _lock = threading.Lock()
 _watcher: subprocess.Popen | None = None
 RESTORE_WAIT = 60.0   # a restore the lab was killed in may still complete in libvirtd: look this long
+START_SECONDS = 30.0
 
 
 def _send(line: str) -> None:
@@ -39,11 +41,13 @@ def watch(uri: str, name: str) -> None:
         if _watcher is None:
             project = Path(__file__).resolve().parent.parent   # not the caller's folder: it may hold a lab/ of its own
             _watcher = subprocess.Popen([sys.executable, "-m", "lab.reaper", str(os.getpid())], text=True, cwd=project,
-                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
             atexit.register(_close)
-            time.sleep(0.05)
-            if _watcher.poll() is not None:
+            # It says "ready" once it reads its instructions; a watcher that died says nothing (end of file).
+            if not select.select([_watcher.stdout], [], [], START_SECONDS)[0] or _watcher.stdout.readline() != "ready\n":
+                _watcher.kill()
+                _watcher.wait()
                 _watcher = None
                 raise HostError("snapshot", "the watcher for restored domains (python -m lab.reaper) did not start")
         _send(f"watch {uri} {name}")
@@ -110,6 +114,7 @@ def _reap(owner: int, watched: dict[str, str], confirmed: set[str]) -> None:
 
 def main(argv: list[str]) -> int:
     owner = int(argv[1])
+    print("ready", flush=True)
     watched: dict[str, str] = {}
     confirmed: set[str] = set()
     for line in sys.stdin:

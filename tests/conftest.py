@@ -134,18 +134,20 @@ def side_by_side(tmp_path_factory):
     work = qemu_passable_folder("side-by-side")
     (tmp / "work").symlink_to(work)   # for the test's eyes; the lab is given the real path
     env = dict(os.environ, LAB_WORK_DIR=str(work), LAB_RESULTS_DIR=str(tmp / "results"))
-    procs = [spawn_lab("run", str(tmp / "triggers.toml"), "--parallel", "2", "--json", env=env,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE),
-             spawn_lab("run", "panic-reboot", "--json", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
     try:
-        matrix, single = (Invocation(p, *p.communicate(timeout=1200)) for p in procs)
+        procs = [spawn_lab("run", str(tmp / "triggers.toml"), "--parallel", "2", "--json", env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+                 spawn_lab("run", "panic-reboot", "--json", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+        try:
+            matrix, single = (Invocation(p, *p.communicate(timeout=1200)) for p in procs)
+        finally:
+            for p in procs:   # a timed-out invocation unwinds like Ctrl-C: its guests are destroyed
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+                    p.wait(timeout=180)
+        yield tmp, matrix, single
     finally:
-        for p in procs:   # a timed-out invocation unwinds like Ctrl-C: its guests are destroyed
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                p.wait(timeout=180)
-    yield tmp, matrix, single
-    shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def qemu_passable_folder(purpose: str) -> Path:

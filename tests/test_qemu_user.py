@@ -2,9 +2,6 @@
 run's own files to it, and refuses, in one line and before anything starts, a file that user cannot reach."""
 import os
 import pwd
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -15,18 +12,15 @@ QEMU = qemu_user.QemuUser("libvirt-qemu", 64055, 64055, frozenset({64055}))
 
 
 @pytest.fixture
-def tree():
+def tree(passable_tmp):
     """Folders every user may pass down to (pytest's own tmp_path is under a 0700 folder)."""
-    root = Path(tempfile.mkdtemp(prefix="panic-lab-test-", dir="/var/tmp"))
-    os.chmod(root, 0o755)
-    (root / "open").mkdir(mode=0o755)
-    (root / "open" / "disk.qcow2").write_text("x")
-    os.chmod(root / "open" / "disk.qcow2", 0o644)
-    (root / "closed").mkdir(mode=0o700)
-    (root / "closed" / "disk.qcow2").write_text("x")
-    os.chmod(root / "closed" / "disk.qcow2", 0o644)
-    yield root
-    shutil.rmtree(root)
+    (passable_tmp / "open").mkdir(mode=0o755)
+    (passable_tmp / "open" / "disk.qcow2").write_text("x")
+    os.chmod(passable_tmp / "open" / "disk.qcow2", 0o644)
+    (passable_tmp / "closed").mkdir(mode=0o700)
+    (passable_tmp / "closed" / "disk.qcow2").write_text("x")
+    os.chmod(passable_tmp / "closed" / "disk.qcow2", 0o644)
+    return passable_tmp
 
 
 def test_a_readable_file_in_passable_folders_is_reachable(tree):
