@@ -48,8 +48,8 @@ def _check_writable(root: Path) -> None:
 def _cmd_run(args) -> int:
     import time
     import uuid
-    from . import batch, host, image, results
     scenarios = _scenarios(args)   # everything is validated before anything is created
+    from . import batch, host, image, results   # after: a refused scenario is answered without them
     if args.parallel is not None and not 1 <= args.parallel <= 16:
         raise LabError("run", f"--parallel {args.parallel} is outside 1..16")
     parallel = args.parallel or batch.default_parallel(scenarios)

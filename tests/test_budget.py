@@ -30,7 +30,7 @@ def _times(proc) -> dict[str, float]:
 
 def test_a_second_invocation_waits_for_memory_the_first_holds(tmp_path):
     env = dict(os.environ, LAB_CACHE_DIR=str(tmp_path), LAB_HOST_MEMORY_MIB="3000")
-    first = _lab_process(env, 2048, 3)
+    first = _lab_process(env, 2048, 2)
     first.stdout.readline()   # granted
     second = _lab_process(env, 2048, 0)
     released = float(first.stdout.readline().split()[1])
@@ -40,7 +40,7 @@ def test_a_second_invocation_waits_for_memory_the_first_holds(tmp_path):
 
 def test_two_that_fit_run_together(tmp_path):
     env = dict(os.environ, LAB_CACHE_DIR=str(tmp_path), LAB_HOST_MEMORY_MIB="5000")
-    first, second = _lab_process(env, 2048, 2), _lab_process(env, 2048, 2)
+    first, second = _lab_process(env, 2048, 1.5), _lab_process(env, 2048, 1.5)
     a, b = _times(first), _times(second)
     assert b["granted"] < a["released"] and a["granted"] < b["released"]
 
