@@ -4,7 +4,8 @@ set -euo pipefail
 pkgs=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
       pkg-config mmdebstrap cpio kmod genisoimage e2fsprogs libxml2-utils gcc python3-venv python3-dev
       fdisk chromium makedumpfile   # makedumpfile: the host reads each vmcore (lab/vmcore.py); fdisk: sfdisk partitions the disk-bootable image; chromium: the HTML report is checked in a real headless browser
-      gpgv gpg gpg-agent)           # gpgv checks signed checksum files (lab/checksums.py); gpg dearmors RPM-GPG-KEY files and, with its agent, makes the tests' throwaway keys
+      gpgv gpg gpg-agent            # gpgv checks signed checksum files (lab/checksums.py); gpg dearmors RPM-GPG-KEY files and, with its agent, makes the tests' throwaway keys
+      openssh-server)               # only its sshd binary: tests start their own, on loopback, to reach libvirtd over qemu+ssh (tests/loopback_sshd.py)
 # The distributions' image-signing keyrings that images/catalog.toml names (checksum_keyring): in
 # Debian's main from trixie on; on bookworm only in bookworm-backports (see keyring_from_backports).
 keyrings=(ubuntu-keyring distribution-gpg-keys)
@@ -22,6 +23,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "host-setup: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+  # No system sshd from the package, now or at a later boot or upgrade: Debian's init script, its
+  # systemd units and its runit service all skip sshd while this file exists (its purge removes it).
+  mkdir -p /etc/ssh && touch /etc/ssh/sshd_not_to_be_run
+fi
 apt-get update -qq
 from_apt=() backports=()
 for p in "${missing[@]}"; do
