@@ -59,7 +59,8 @@ KVM_BASE = dict(name="kvm", domain_type="kvm", cpu_mode="host-passthrough")
 
 def _cache_file(conn: libvirt.virConnect) -> str:
     qemu = qemu_user.for_connection(conn)   # what QEMU may open (/dev/kvm) depends on who it runs as
-    ident = f"{platform.release()}-{conn.getVersion()}-{conn.getLibVersion()}-uid{qemu.uid if qemu else 'libvirt'}"
+    machine = f"remote-{conn.getHostname()}" if host.is_remote(host.uri_of(conn)) else platform.release()
+    ident = f"{machine}-{conn.getVersion()}-{conn.getLibVersion()}-uid{qemu.uid if qemu else 'libvirt'}"
     return str(paths.cache_dir() / f"accel-{ident}.json")
 
 
@@ -94,7 +95,7 @@ def detect(conn: libvirt.virConnect, probe_kernel) -> Accel:
         if qemu:
             qemu.check_reads("accel", [Path(kernel)])
         return kernel
-    render = profiles.probe_renderer(readable_kernel, qemu.label if qemu else None)
+    render = profiles.probe_renderer(readable_kernel, qemu.label if qemu else None, host.is_remote(host.uri_of(conn)))
     forced = os.environ.get("LAB_ACCEL")
     if forced and forced not in ("kvm", "tcg"):
         raise HostError("accel", f"LAB_ACCEL={forced!r}: expected kvm or tcg")
@@ -154,6 +155,8 @@ def _probe_hyperv(conn, render, base) -> list[str]:
 
 
 def _probe_kvm(conn, render) -> tuple[str, str]:
+    if host.is_remote(host.uri_of(conn)):
+        return "tcg", "a remote host: the KVM boot probe reads a console on this machine; LAB_ACCEL=kvm forces KVM"
     if not os.path.exists("/dev/kvm"):
         return "tcg", "no /dev/kvm"
     try:

@@ -7,10 +7,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import budget, signals
+from . import budget, host, signals
 from . import image as image_mod
 from .console import CANCEL
 from .errors import HostError, LabError
+from .placement import Placement
 from .progress import Board, sink_for
 from .report import ErrorReport
 from .runner import run
@@ -25,9 +26,13 @@ def default_parallel(scenarios: list[Scenario]) -> int:
     return max(1, min(os.cpu_count() or 1, budget.available_mib() // need, sum(s.repeat for s in scenarios)))
 
 
-def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr, snapshot: bool = False) -> list[dict]:
+def run_many(scenarios: list[Scenario], results: Path, parallel: int | None, log=sys.stderr, snapshot: bool = False,
+             hosts: list[str] | Placement | None = None) -> list[dict]:
     """Every repeat of every scenario, `parallel` at a time. Returns one report per run, in order, as
-    report.json has it (the invocation's summary, junit.xml and report.html are made from that)."""
+    report.json has it (the invocation's summary, junit.xml and report.html are made from that).
+    `hosts` (libvirt URIs, or the Placement the caller opened to refuse them early) spreads the runs over
+    those hosts (lab/placement.py); None is this one."""
+    placement = hosts if isinstance(hosts, Placement) or not hosts else Placement.open(hosts, log)
     for name, kernel in dict.fromkeys((s.image, s.kernel) for s in scenarios):
         try:
             image_mod.ensure(name, log=log, kernel=kernel)   # built once, here, before any run needs it
@@ -38,7 +43,40 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.st
     log = Board(log) if len(runs) > 1 else sink_for(log)
     CANCEL.clear()   # a cancelled earlier batch in this process must not stop this one
 
+    def placed(scenario: Scenario) -> dict:
+        """One run on the host with most room; a host that drops before the run starts passes it on."""
+        need = budget.HOST_MIB_PER_GUEST_MIB * scenario.memory_mib
+        while True:
+            chosen = placement.take(need, CANCEL)
+            if chosen is None:
+                return ErrorReport(scenario, "host", "no host left: every host given was dropped",
+                                   host_uri=placement.hosts[-1].uri).to_json()
+            try:
+                if not host.is_remote(chosen.uri):
+                    with ledger.reserve(need, CANCEL, lambda: None):   # this machine's memory, shared with other labs
+                        report = run(scenario, results, log, snapshot=snapshot, uri=chosen.uri).to_json()
+                else:
+                    report = run(scenario, results, log, snapshot=snapshot, uri=chosen.uri).to_json()
+            except host.Unreachable as exc:   # nothing of this run started there: it goes elsewhere
+                placement.drop(chosen, exc.message)
+                continue
+            except HostError as exc:
+                log.write(f"lab: {scenario.name}: {exc}\n")
+                placement.check(chosen)
+                return ErrorReport(scenario, exc.stage, str(exc), host_uri=chosen.uri).to_json()
+            except Exception as exc:   # libvirt, the OS: this run's error
+                log.write(f"lab: {scenario.name}: host: {type(exc).__name__}: {exc}\n")
+                placement.check(chosen)
+                return ErrorReport(scenario, "host", f"{type(exc).__name__}: {exc}", host_uri=chosen.uri).to_json()
+            finally:
+                placement.give_back(chosen, need)
+            if (report.get("cut_short") or {}).get("by") == "host":
+                placement.check(chosen)   # a host that lost its connection mid-run takes no more runs
+            return report
+
     def one(scenario: Scenario) -> dict:
+        if placement:
+            return placed(scenario)
         need = budget.HOST_MIB_PER_GUEST_MIB * scenario.memory_mib
         waiting = lambda: log.write(f"lab: {scenario.name}: waiting for {need} MiB of host memory "  # noqa: E731
                                     "(other lab runs on this host hold the rest)\n")
@@ -49,6 +87,11 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.st
                 error = exc if isinstance(exc, LabError) else HostError("host", f"{type(exc).__name__}: {exc}")
                 log.write(f"lab: {scenario.name}: {error}\n")
                 return ErrorReport(scenario, error.stage, str(error)).to_json()
+    if placement and not parallel:
+        parallel = min(placement.capacity(max(budget.HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios)),
+                       len(runs))
+    elif not parallel:
+        parallel = default_parallel(scenarios)
     if parallel <= 1:
         return [one(s) for s in runs]
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lab-run")

@@ -6,17 +6,23 @@ when it carries its owner's pid. Anything of the lab's whose owner still runs is
 """
 from __future__ import annotations
 
+import platform
 import shutil
 from pathlib import Path
 
 import libvirt
 
-from . import catalog, host, image, kept, paths
+from . import catalog, host, image, kept, paths, storage
 
 
-def _owner(dom: libvirt.virDomain) -> int | None:
-    """The pid that started a lab domain, from its metadata; None if the domain is not the lab's."""
+def _owner(dom: libvirt.virDomain, c: "_Cleaner") -> int | None:
+    """The pid that started a lab domain, from its metadata; None if the domain is not the lab's, or
+    another machine's lab started it (its pids mean nothing here) and --force is not given."""
     if not dom.name().startswith(paths.NAME_PREFIX):
+        return None
+    origin = kept.origin(dom)
+    if origin and origin != platform.node() and not c.force:
+        c.done.append(f"left {dom.name()}: the lab on {origin} started it (--force takes it)")
         return None
     return kept.lab_run(dom)[1]
 
@@ -38,14 +44,21 @@ class _Cleaner:
         self.done.append(f"{said} {folder}")
 
 
-def clean(images: bool = False, force: bool = False, snapshots: bool = False) -> list[str]:
-    """Remove lab domains and scratch whose lab process is gone (all of them with force)."""
+def clean(images: bool = False, force: bool = False, snapshots: bool = False, hosts: list[str] | None = None) -> list[str]:
+    """Remove lab domains and scratch whose lab process is gone (all of them with force). `hosts` cleans
+    those libvirt hosts (a remote one: its domains and the volumes the lab sent there); this machine's
+    scratch and cache are cleaned when one of them is this machine, or when none is given."""
     c = _Cleaner(force)
-    conn = host.connect()
-    try:
-        _domains(conn, c)
-    finally:
-        host.disconnect(conn)
+    for uri in hosts or [host.uri()]:
+        conn = host.connect(uri)
+        try:
+            _domains(conn, c)
+            if host.is_remote(uri):
+                _volumes(conn, c, images)
+        finally:
+            host.disconnect(conn)
+    if hosts and all(host.is_remote(uri) for uri in hosts):
+        return c.done or ["nothing to clean"]
     _scratch(c)
     cache = paths.cache_dir()
     if cache.exists() and not paths.is_marked(cache):
@@ -58,7 +71,7 @@ def clean(images: bool = False, force: bool = False, snapshots: bool = False) ->
 def _domains(conn: libvirt.virConnect, c: _Cleaner) -> None:
     for dom in conn.listAllDomains():
         try:
-            owner = _owner(dom)
+            owner = _owner(dom, c)
             if owner is None or not c.may_take(dom.name(), owner):
                 continue
             persistent = dom.isPersistent()
@@ -70,6 +83,23 @@ def _domains(conn: libvirt.virConnect, c: _Cleaner) -> None:
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # gone on its own meanwhile: fine
                 raise
+
+
+def _volumes(conn: libvirt.virConnect, c: _Cleaner, images: bool) -> None:
+    """A remote host's volumes of the lab's pool that carry its mark: a run's whose lab is gone; with
+    --images, the uploaded images too."""
+    where = host.uri_of(conn)
+    for vol, owner in storage.leftovers(conn):
+        if owner is None and not images:
+            continue
+        if owner is not None and not c.may_take(f"volume {vol.name()}", owner):
+            continue
+        try:
+            vol.delete(0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+        c.done.append(f"removed volume {vol.name()} on {where}")
 
 
 def _scratch(c: _Cleaner) -> None:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
-from . import host, paths, qemu_user, reaper, signals
+from . import host, paths, qemu_user, reaper, signals, storage
 from . import seed as seed_mod
 from . import snapshot as snapshot_mod
 from .errors import HostError
-from .profiles import PROFILES, STANDINS, render_xml
+from .profiles import PROFILES, REMOTE_EMULATOR, STANDINS, render_xml
 from .seed import Seed, write_iso
 from .vocabulary import HostEvent
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:   # types only: the domain is built from them, it does not dri
     from .image import Image
     from .kdumpconf import KdumpTools
     from .scenario import Scenario
+    from .storage import RemoteImage, RunVolumes
 
 LIFECYCLE = {0: "defined", 1: "undefined", 2: "started", 3: "suspended", 4: "resumed", 5: "stopped",
              6: "shutdown", 7: "pmsuspended", 8: "crashed"}
@@ -43,12 +44,16 @@ class Domain:
     uri: str = ""   # kept apart from conn: a closed connection cannot tell its URI
     partitioned: bool = False   # a published image's disk: no bare filesystem for e2fsck to check
     destroyed: bool = False
+    autodestroy: bool = False   # libvirt destroys it when this connection closes
     kdump: KdumpTools | None = None   # the scenario's kdump config in kdump-tools' form
+    volumes: RunVolumes | None = None   # on a remote host: the run's disk and seed, as volumes there
+    base_disk: Path | None = None       # the image the remote overlay sits on, here (for the disk read back)
 
     def start_paused(self, autodestroy: bool = True) -> None:
         try:
             with signals.held():   # a signal now must not lose the handle of a domain that exists
                 self.dom = host.create_paused(self.conn, self.xml, autodestroy)
+                self.autodestroy = autodestroy
         except libvirt.libvirtError as exc:
             raise HostError("domain", f"libvirt refused to start {self.name}: {exc.get_error_message()}") from None
 
@@ -96,6 +101,25 @@ class Domain:
         assert self.dom is not None
         self.dom.setBlockIoTune(target, {"total_bytes_sec": bytes_per_second}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
+    def fetch_disk(self) -> None:
+        """A remote run's disk, read back into the scratch once the domain is gone, so that the host's
+        checks read it as they read a local one: a qcow2 overlay is pointed at this machine's copy of the
+        image it was made from (the same digest)."""
+        if self.volumes is None or self.overlay is not None:
+            return
+        fmt = "qcow2" if self.volumes.disk.name().endswith(".qcow2") else "raw"
+        disk = self.volumes.fetch_disk(self.workdir / f"disk.{fmt}")
+        if fmt == "qcow2":
+            done = subprocess.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(self.base_disk), str(disk)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise HostError("teardown", f"qemu-img rebase of the fetched disk: {done.stderr.strip()[:200]}")
+        self.overlay = disk
+
+    def remove_volumes(self) -> None:
+        if self.volumes is not None:
+            self.volumes.delete()
+
     def check_disk(self, shut_down_cleanly: bool) -> dict:
         """fsck the guest's filesystem from the host, read-only, once the domain is gone."""
         if self.overlay is None or not self.overlay.exists() or self.overlay.suffix != ".raw":
@@ -134,7 +158,9 @@ class Domain:
             try:
                 self.dom.destroy()
             except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                if self.autodestroy and host.lost(self.conn) and host.is_remote(self.uri):
+                    pass   # the host dropped the connection, and with it (autodestroy) the domain
+                elif exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     self._destroy_on_a_new_connection()
         reaper.release(self.name)
 
@@ -158,23 +184,29 @@ class Domain:
                 time.sleep(1.0)
 
 
-def render(scenario: Scenario, image: Image, accel: Accel, run_id: str, overlay: Path, iso: Path,
-           qemu_label: str | None) -> tuple[str, Seed, KdumpTools]:
-    """Everything a run's domain is made of, as text: its XML, its seed, its kdump config (kdump-tools' form)."""
+def render(scenario: Scenario, image: Image, accel: Accel, run_id: str, overlay: Path | str, iso: Path | str,
+           qemu_label: str | None, remote: RemoteImage | None = None) -> tuple[str, Seed, KdumpTools]:
+    """Everything a run's domain is made of, as text: its XML, its seed, its kdump config (kdump-tools' form).
+    On a remote host every file the XML names is a volume of that host (`remote`)."""
+    kernel, initrd = (remote.kernel, remote.initrd) if remote else (image.kernel, image.initrd)
     kdump = seed_mod.kdump_tools_config(scenario, STANDINS.get(scenario.profile, {}))   # once: the seed and the report use it
     seed = seed_mod.render(scenario, run_id, STANDINS.get(scenario.profile, {}), image.guest, translated=kdump)
     xml = render_xml(scenario.profile, accel={"domain_type": accel.domain_type, "cpu_mode": accel.cpu_mode},
                      hyperv=accel.hyperv_elements(), name=f"{paths.NAME_PREFIX}{run_id}", uuid=str(uuid.uuid4()),
                      run_id=run_id, scenario=scenario.name, memory_mib=scenario.memory_mib, vcpus=scenario.vcpus,
-                     kernel=str(image.kernel) if image.kernel else None,
-                     initrd=str(image.initrd) if image.initrd else None, cmdline=scenario.cmdline(),
+                     kernel=str(kernel) if kernel else None,
+                     initrd=str(initrd) if initrd else None, cmdline=scenario.cmdline(),
                      overlay=str(overlay), seed=str(iso), qemu_label=qemu_label,
-                     hv_crash=scenario.hv_crash, user_network=bool(image.guest.packages))
+                     hv_crash=scenario.hv_crash, user_network=bool(image.guest.packages),
+                     **(REMOTE_EMULATOR if remote else {}))
     return xml, seed, kdump
 
 
-def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str) -> Domain:
+def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str,
+            remote: RemoteImage | None = None) -> Domain:
     name = f"{paths.NAME_PREFIX}{run_id}"
+    if remote:
+        return _prepare_remote(conn, scenario, image, accel, run_id, remote)
     qemu = qemu_user.for_connection(conn)
     if qemu:
         qemu.check_reads("domain", [p for p in (image.disk, image.kernel, image.initrd) if p])
@@ -201,8 +233,30 @@ def prepare(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: A
     except BaseException:
         paths.remove_scratch(workdir)
         raise
-    return Domain(name, run_id, xml, workdir, conn, seed, overlay=overlay, uri=conn.getURI(),
+    return Domain(name, run_id, xml, workdir, conn, seed, overlay=overlay, uri=host.uri_of(conn),
                   partitioned=image.boots_from_disk, kdump=kdump)
+
+
+def _prepare_remote(conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str,
+                    remote: RemoteImage) -> Domain:
+    """The same domain on a host that shares no filesystem with the lab: its disk and seed are volumes
+    there, and the host's libvirt gives them to its QEMU user (no static label)."""
+    workdir = paths.new_scratch(run_id)   # the seed is written here before it is sent, the disk comes back here
+    volumes = None
+    try:
+        volumes = storage.run_volumes(conn, remote, run_id, PROFILES[scenario.profile]["overlay_format"])
+        xml, seed, kdump = render(scenario, image, accel, run_id, volumes.disk.path(), volumes.seed_path, None, remote)
+        write_iso(seed, workdir)
+        (workdir / "seed.iso").chmod(0o600)
+        volumes.send_seed(workdir / "seed.iso")
+    except BaseException:
+        with signals.held():
+            if volumes:
+                volumes.delete()
+            paths.remove_scratch(workdir)
+        raise
+    return Domain(f"{paths.NAME_PREFIX}{run_id}", run_id, xml, workdir, conn, seed, uri=host.uri_of(conn),
+                  partitioned=image.boots_from_disk, kdump=kdump, volumes=volumes, base_disk=image.disk)
 
 
 def from_snapshot(conn: libvirt.virConnect, scenario: Scenario, snap: snapshot_mod.Snapshot, run_id: str) -> Domain:
@@ -217,7 +271,7 @@ def from_snapshot(conn: libvirt.virConnect, scenario: Scenario, snap: snapshot_m
     seed = Seed((snap.folder / "user-data").read_text(), "")
     kdump = seed_mod.kdump_tools_config(scenario, STANDINS.get(scenario.profile, {}))
     return Domain(libvirt_dom.name(), run_id, xml, workdir, conn, seed, overlay=overlay, dom=libvirt_dom,
-                  uri=conn.getURI(), kdump=kdump)
+                  uri=host.uri_of(conn), kdump=kdump)
 
 
 def describe_profile(scenario: Scenario, kdump: KdumpTools) -> dict:

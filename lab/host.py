@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -22,6 +23,18 @@ def uri() -> str:
     return os.environ.get("LAB_URI") or DEFAULT_URI
 
 
+def is_remote(target: str) -> bool:
+    """A URI that names a host (even 127.0.0.1 over ssh) shares no filesystem with the lab: its images and
+    disks travel as storage volumes (lab/storage.py). qemu:///system names none."""
+    return bool(urlsplit(target).hostname)
+
+
+def uri_of(conn: libvirt.virConnect) -> str:
+    """The URI the lab connected with: libvirt's getURI() drops the query (an ssh keyfile, no_verify),
+    which `virsh -c` needs to reach the same host."""
+    return getattr(conn, "_lab_uri", None) or conn.getURI()
+
+
 def _start_event_loop() -> None:
     global _loop_started
     with _lock:
@@ -37,6 +50,10 @@ def _start_event_loop() -> None:
         _loop_started = True
 
 
+class Unreachable(HostError):
+    """libvirt did not answer at a URI: nothing was started there."""
+
+
 CLOSE_REASONS = {0: "an error", 1: "end of file from libvirtd (restarted or stopped?)", 2: "a keepalive timeout",
                  3: "the client asked"}
 
@@ -48,8 +65,9 @@ def connect(target: str | None = None) -> libvirt.virConnect:
     try:
         conn = libvirt.open(target)
     except libvirt.libvirtError as exc:
-        raise HostError("host", f"libvirt unreachable at {target}: {exc.get_error_message()} "
-                                "(start it with `make setup`, or set LAB_URI)") from None
+        hint = ("is libvirtd running there, and does the URI's transport reach it?" if is_remote(target)
+                else "start it with `make setup`, or set LAB_URI")
+        raise Unreachable("host", f"libvirt unreachable at {target}: {exc.get_error_message()} ({hint})") from None
     # Kept on the connection object itself: an id() would be reused by a later connection.
     state: dict[str, str] = {}
 
@@ -57,6 +75,7 @@ def connect(target: str | None = None) -> libvirt.virConnect:
         state["lost"] = CLOSE_REASONS.get(reason, f"reason {reason}")
     conn.registerCloseCallback(closed, None)
     conn._lab_close_state = state
+    conn._lab_uri = target
     return conn
 
 

@@ -55,6 +55,14 @@ def lab_run(dom: libvirt.virDomain) -> tuple[str | None, int | None]:
     return element.get("id"), int(owner) if owner.isdigit() else None
 
 
+def origin(dom: libvirt.virDomain) -> str | None:
+    """The machine whose lab started the domain (None for domains from before the lab wrote it)."""
+    try:
+        return ET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, paths.METADATA_NS)).get("origin")
+    except libvirt.libvirtError:
+        return None
+
+
 STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
           libvirt.VIR_DOMAIN_SHUTOFF: "shut off", libvirt.VIR_DOMAIN_CRASHED: "crashed"}
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import libvirt
 
 from . import domain as domain_mod
-from . import kept, signals
+from . import host, kept, signals
 from . import snapshot as snapshot_mod
 from . import vmcore as vmcore_mod
 from .console import Console, ConsoleClosed
@@ -32,6 +32,7 @@ if TYPE_CHECKING:   # types only
     from .image import Image
     from .progress import Reporter
     from .scenario import Scenario
+    from .storage import RemoteImage
 
 ATTACH_SECONDS = 20.0
 PREFLIGHT_SECONDS = 300.0
@@ -39,8 +40,10 @@ PREFLIGHT_SECONDS = 300.0
 
 class Lifecycle:
     def __init__(self, conn: libvirt.virConnect, scenario: Scenario, image: Image, accel: Accel, run_id: str,
-                 timeout: Timeout, say: Reporter, snapshot: snapshot_mod.Snapshot | None = None):
+                 timeout: Timeout, say: Reporter, snapshot: snapshot_mod.Snapshot | None = None,
+                 remote: RemoteImage | None = None):
         self.conn, self.scenario, self.image, self.accel = conn, scenario, image, accel
+        self.remote = remote   # the image as volumes of a remote host; None on this one
         self.run_id, self.timeout, self.say, self.snapshot = run_id, timeout, say, snapshot
         self.dom: domain_mod.Domain | None = None
         self.transcript: Transcript | None = None
@@ -65,12 +68,12 @@ class Lifecycle:
             self._turn.enter_context(snapshot_mod.taking_turns(self.snapshot))
             self.dom = domain_mod.from_snapshot(self.conn, self.scenario, self.snapshot, self.run_id)
         else:
-            self.dom = domain_mod.prepare(self.conn, self.scenario, self.image, self.accel, self.run_id)
+            self.dom = domain_mod.prepare(self.conn, self.scenario, self.image, self.accel, self.run_id, self.remote)
 
     def record(self, folder: Path) -> None:
         """The transcript goes to `folder` (console.log, host-events.jsonl), read through the console."""
         self.transcript = Transcript(folder)
-        self.console = Console(self.conn.getURI(), self.dom.name, self.transcript, host_lost=self.dom.connection_lost)
+        self.console = Console(host.uri_of(self.conn), self.dom.name, self.transcript, host_lost=self.dom.connection_lost)
 
     def host_event(self, kind: HostEvent, text: str, **figures) -> None:
         with self._events_lock:   # libvirt's event thread reports here too
@@ -180,6 +183,15 @@ class Lifecycle:
         self.followed = True
         return reached
 
+    def _host_checks_disk(self) -> bool:
+        """Whether a check after the run reads the guest's disk: the vmcore's (a capture kernel ran) or
+        the filesystem's (a clean shutdown); only then does a remote run's disk come back."""
+        if not self.followed:
+            return False
+        verdict = derive(self.transcript.events())
+        return self.shut_down_cleanly or verdict.verdict == Outcome.DUMP or \
+            any(s.name == Stage.CAPTURE_KERNEL_BOOTED for s in verdict.stages)
+
     def _check_vmcore(self) -> None:
         """Once the domain has stopped: the dump, read from its disk on the host (lab/vmcore.py)."""
         if not self.followed:
@@ -237,9 +249,12 @@ class Lifecycle:
                                                    str(self.transcript.path.parent), derive(self.transcript.events())))]
             self.facts["kept"] = kept.how_to_reach(self.run_id, self.dom.name, self.dom.uri)
         elif self.dom:
-            steps += [("destroy", self.dom.destroy),
-                      ("vmcore", self._check_vmcore),
+            steps += [("destroy", self.dom.destroy)]
+            if self.dom.volumes is not None and self._host_checks_disk():
+                steps.append(("disk read back", self.dom.fetch_disk))
+            steps += [("vmcore", self._check_vmcore),
                       ("disk check", lambda: disk_check.update(self.dom.check_disk(self.shut_down_cleanly))),
+                      ("volumes", self.dom.remove_volumes),
                       ("scratch", self.dom.remove_files)]
         if self.transcript:
             steps.append(("transcript", self.transcript.close))

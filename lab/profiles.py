@@ -4,6 +4,7 @@ same template as real runs."""
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import uuid
 
@@ -40,6 +41,10 @@ _env = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.DOMAINS), autoesc
                           undefined=jinja2.StrictUndefined)
 
 
+# A remote host's libvirt picks its own QEMU binary (this machine's path means nothing there).
+REMOTE_EMULATOR = {"emulator": None}
+
+
 def render_xml(profile: str, **context) -> str:
     spec = PROFILES[profile]
     values = {k: v for k, v in spec.items() if k != "template"}
@@ -48,16 +53,17 @@ def render_xml(profile: str, **context) -> str:
     values.setdefault("hv_crash", False)
     values.setdefault("user_network", False)
     values.setdefault("owner", os.getpid())   # `lab clean` leaves a domain alone while this process lives
+    values.setdefault("origin", platform.node())   # ... and a remote host's domain alone if another machine's lab owns it
     values.setdefault("emulator", shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64")
     return _env.get_template(spec["template"]).render(**values)
 
 
-def probe_renderer(kernel, qemu_label: str | None):
+def probe_renderer(kernel, qemu_label: str | None, remote: bool = False):
     """A disk-less domain for the accelerator probes, from the same template as real runs. `kernel` is a
     path, or a function giving one: asked for only when a probe really runs."""
     def render(accel: dict, hyperv: list, label: str) -> str:
         return render_xml("default", accel=accel, hyperv=hyperv, name=f"{paths.NAME_PREFIX}{label}-{uuid.uuid4().hex[:6]}",
                           uuid=str(uuid.uuid4()), run_id="probe", scenario="probe", memory_mib=256, vcpus=1,
                           kernel=kernel() if callable(kernel) else kernel, initrd=None, cmdline="console=ttyS0,115200 panic=-1", overlay=None,
-                          seed=None, qemu_label=qemu_label)
+                          seed=None, qemu_label=qemu_label, **REMOTE_EMULATOR if remote else {})
     return render

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import libvirt
 
+from . import host
 from .errors import HostError, shown_path
 
 DEFAULT = "libvirt-qemu"   # Debian's libvirt-daemon-system runs QEMU as this user on qemu:///system
@@ -85,14 +86,14 @@ def _owner(st: os.stat_result) -> str:
 
 
 def for_connection(conn: libvirt.virConnect) -> QemuUser | None:
-    return for_uri(conn.getURI())
+    return for_uri(host.uri_of(conn))
 
 
 def for_uri(uri: str) -> QemuUser | None:
     """The user the lab names for QEMU, or None where libvirt's own choice is already unprivileged (a
     session daemon, or a user other than root on the system daemon: libvirt then relabels the files)."""
-    if os.geteuid() != 0 or not uri.endswith("/system"):
-        return None
+    if os.geteuid() != 0 or host.is_remote(uri) or not uri.split("?")[0].endswith("/system"):
+        return None   # a remote host's QEMU user is its libvirt's business: it relabels the volumes itself
     name = os.environ.get("LAB_QEMU_USER") or DEFAULT
     try:
         entry = pwd.getpwnam(name)
@@ -104,7 +105,7 @@ def for_uri(uri: str) -> QemuUser | None:
 
 
 def label_for(conn: libvirt.virConnect) -> str | None:
-    return label_for_uri(conn.getURI())
+    return label_for_uri(host.uri_of(conn))
 
 
 def label_for_uri(uri: str) -> str | None:

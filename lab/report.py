@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from . import paths
 from .errors import HostError
@@ -181,6 +182,12 @@ class ErrorReport:
                 "cut_short": {"by": self.stage, "why": self.error}}
 
 
+def _host_facts(uri: str) -> dict:
+    """Which machine ran the guest: a remote URI's host (its kernel is not ours to read), or this one."""
+    remote = urlsplit(uri).hostname
+    return {"uri": uri, "machine": remote or platform.node(), "kernel": None if remote else platform.release()}
+
+
 def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, transcript, artifacts: Path,
           timings, wall, cut_short, profile: dict, warnings: list[str], snapshot: dict | None,
           steps: list[dict] = ()) -> RunReport:
@@ -208,7 +215,7 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
                "kernel_booted": _kernel_booted(transcript),
                "boot": "its own bootloader" if image.boots_from_disk else "direct kernel boot",
                "digest_checked_against": image.checked or None},
-        host={"uri": uri, "machine": platform.node(), "kernel": platform.release()},
+        host=_host_facts(uri),
         console=facts.get("console") or {},
         host_events=[{"t": e.t, "kind": e.kind, "text": e.text, **dict(e.groups)} for e in transcript.host_events],
         timings={"wall_seconds": round(wall, 3), "lab_seconds": lab_seconds,

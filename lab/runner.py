@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 
 from . import accel as accel_mod
-from . import host, kdumpconf
+from . import host, kdumpconf, storage
 from . import image as image_mod
 from . import report as report_mod
 from .errors import HostError, LabError
@@ -32,14 +32,16 @@ def new_run_id(scenario: Scenario) -> str:
     return f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = False) -> report_mod.RunReport:
+def run(scenario: Scenario, results: Path, log=sys.stderr, snapshot: bool = False,
+        uri: str | None = None) -> report_mod.RunReport:
     """Run one scenario on a real guest; return its report (also written to report.json).
 
     snapshot=True restores the guest, ready to panic, from a snapshot of its configuration (made by a
-    first cold boot if there is none) instead of booting it."""
+    first cold boot if there is none) instead of booting it. `uri` is the libvirt host (default: LAB_URI);
+    a remote one gets everything through libvirt's storage API, and boots cold (snapshots stay here)."""
     top = Timeout("run", RUN_SECONDS)
     with top.step("connect"):
-        conn = host.connect()
+        conn = host.connect(uri)
     try:
         return _run(conn, scenario, results, sink_for(log), snapshot, top)
     finally:
@@ -50,20 +52,28 @@ def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Tim
     run_id = new_run_id(scenario)
     artifacts = results / run_id
     say = Reporter(run_id, sink, top.started)
-    uri = conn.getURI()
+    uri = host.uri_of(conn)
     image = image_mod.ensure(scenario.image, log=sink, kernel=scenario.kernel)   # a build, when needed, is not lab overhead
     warnings = kdumpconf.lint(kdumpconf.CONFIGS[scenario.kdump_config], image.guest.flavour)
     for warning in warnings:
         say(f"warning: {warning}")
+    remote = None
+    if host.is_remote(uri):
+        with top.step("storage"):
+            remote = storage.stage_image(conn, image, say)
     with top.step("accel"):
         # A published image keeps its kernel inside its disk: a probe, if one is needed, boots the offline image's.
         def probe_kernel() -> str:
+            if remote:
+                return remote.kernel or storage.stage_image(conn, image_mod.ensure(image_mod.DEFAULT, log=sink), say).kernel
             return str(image.kernel or image_mod.ensure(image_mod.DEFAULT, log=sink).kernel)
         accel = accel_mod.detect(conn, probe_kernel)
     snap = None
-    if snapshot:
+    if snapshot and remote:
+        say(f"snapshots stay on this machine: on {uri} the guest boots cold")
+    elif snapshot:
         snap = make_snapshot(conn, scenario, image, accel, say, RUN_SECONDS)   # a first boot is not lab overhead either
-    life = Lifecycle(conn, scenario, image, accel, run_id, top, say, snapshot=snap)
+    life = Lifecycle(conn, scenario, image, accel, run_id, top, say, snapshot=snap, remote=remote)
     try:
         with top.step("prepare"):
             life.prepare()

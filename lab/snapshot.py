@@ -22,7 +22,7 @@ from pathlib import Path
 
 import libvirt
 
-from . import paths, qemu_user, reaper
+from . import host, paths, qemu_user, reaper
 from .errors import HostError
 from .scenario import Scenario
 
@@ -149,7 +149,7 @@ def restore(conn: libvirt.virConnect, snap: Snapshot, workdir: Path, run_id: str
         os.chmod(overlay, 0o600)
     xml = _retarget(conn.saveImageGetXMLDesc(str(snap.state)), {str(base): str(overlay)}, run_id=run_id)
     name = ET.fromstring(xml).find("name").text
-    reaper.watch(conn.getURI(), name)   # from before it exists: libvirt's restore has no autodestroy
+    reaper.watch(host.uri_of(conn), name)   # from before it exists: libvirt's restore has no autodestroy
     try:
         conn.restoreFlags(str(snap.state), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
     except libvirt.libvirtError as exc:
