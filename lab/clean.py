@@ -38,8 +38,11 @@ class _Cleaner:
         self.done.append(f"{said} {folder}")
 
 
-def clean(images: bool = False, force: bool = False, snapshots: bool = False) -> list[str]:
-    """Remove lab domains and scratch whose lab process is gone (all of them with force)."""
+def clean(images: bool = False, force: bool = False, snapshots: bool = False,
+          hosts: list[str] | None = None) -> list[str]:
+    """Remove lab domains and scratch whose lab process is gone (all of them with force). hosts: the
+    libvirt URIs to clean (lab/hosts_option.py, checked); None is the single default host, as before."""
+    # hosts: cleaned remotely by lab/placement.py (in progress)
     c = _Cleaner(force)
     conn = host.connect()
     try:
