@@ -1,10 +1,13 @@
 """Many hosts, the user's side (issue 18): which libvirt hosts `lab run` and `lab clean` use (--host,
 a scenario file's [hosts], LAB_HOSTS), refused in one line when wrong, and the host of each run in
 the reports. No libvirt: `lab run --dry-run` contacts none, and a refusal comes before anything."""
+import json
+
 import pytest
 
 from conftest import run_lab
 
+from lab import report, results
 from lab import scenario as sc
 from lab.errors import InputError
 from lab.hosts_option import chosen_hosts, checked_uri, short_uri
@@ -147,3 +150,53 @@ def test_lab_clean_refuses_a_bad_host_before_it_contacts_any(tmp_path):
                    text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("lab: hosts: --host: ") and done.stderr.count("\n") == 1
     assert "libvirt unreachable" not in done.stderr   # refused before the connection was tried
+
+
+# -- the host in every report, and in what is made of them ------------------------------------------------
+def test_a_run_that_never_started_and_an_interrupted_one_carry_their_host():
+    kdump = sc.resolve("kdump")
+    error = report.ErrorReport(kdump, "host", "host: libvirt unreachable", host_uri=REMOTE).to_json()
+    assert error["host"] == {"uri": REMOTE}
+    assert report.ErrorReport(kdump, "host", "x").to_json()["host"] is None   # not known: null, never left out
+    stopped = report.InterruptedReport("kdump-1", kdump, "tcg", "debian12", {"by": "user", "why": "Ctrl-C"},
+                                       host_uri=LOCAL).to_json()
+    assert stopped["host"] == {"uri": LOCAL}
+    with pytest.raises(TypeError):   # a keyword, so that a positional field added later cannot take its place
+        report.ErrorReport(kdump, "host", "x", REMOTE)
+
+
+def _run(name: str, uri: str | None, verdict: str = "reboot") -> dict:
+    return {"run_id": f"{name}-{verdict}", "scenario": {"name": name, "expect": "reboot"}, "verdict": verdict,
+            "stage": "reset", "diagnosis": "reset after the panic", "expectation_met": verdict == "reboot",
+            "accel": {"name": "tcg"}, "timings": {"wall_seconds": 80.0}, "stages": [], "host_events": [],
+            "cut_short": None, "artifacts": {}, "host": {"uri": uri, "machine": "m", "kernel": "k"} if uri else None}
+
+
+def test_the_table_summary_junit_and_page_say_which_host_ran_each_run(tmp_path):
+    keyed = f"{REMOTE}?keyfile=/root/.ssh/lab_key"
+    runs = [_run("a", LOCAL), _run("a", keyed), _run("a", keyed, "hang"), _run("b", LOCAL),
+            {**report.ErrorReport(sc.resolve("kdump"), "host", "host: gone").to_json()}]
+    folder = tmp_path / "lab-1"
+    folder.mkdir()
+    data = results.write_invocation(folder, runs, parallel=2, wall=100.0)
+    assert data["scenarios"]["a"]["hosts"] == {LOCAL: 1, keyed: 2}   # the full URI in JSON
+    assert data["scenarios"]["b"]["hosts"] == {LOCAL: 1} and data["scenarios"]["kdump"]["hosts"] == {}
+    assert data["hosts"] == [LOCAL, keyed]
+    assert [r["host"] for r in data["run_list"]] == [LOCAL, keyed, keyed, LOCAL, None]
+    assert json.loads((folder / "summary.json").read_text())["scenarios"]["a"]["hosts"] == {LOCAL: 1, keyed: 2}
+    junit = (folder / "junit.xml").read_text()
+    assert junit.count(f'<property name="host" value="{keyed}" />') == 2 and '<property name="host" value="" />' in junit
+    lines = results.table(runs).splitlines()
+    assert lines[0].split()[:3] == ["scenario", "host", "accel"]
+    assert [line.split()[1] for line in lines[1:]] == [LOCAL, REMOTE, REMOTE, LOCAL, "-"]   # no ?keyfile
+    assert "keyfile" not in results.table(runs)
+    page = (folder / "report.html").read_text()
+    assert "<th>hosts</th>" in page
+    assert (f'<td class="hosts"><span title="{LOCAL}">{LOCAL}</span> (1), '
+            f'<span title="{keyed}">{REMOTE}</span> (2)</td>') in page
+    assert page.count(f'host <span title="{keyed}">{REMOTE}</span>;') == 2
+
+
+def test_one_host_keeps_the_table_as_narrow_as_its_uri():
+    lines = results.table([_run("panic-reboot", LOCAL), _run("panic-hang", LOCAL, "hang")]).splitlines()
+    assert lines[0].index("accel") - lines[0].index("host") == len(LOCAL) + 2
