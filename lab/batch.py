@@ -86,7 +86,7 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int | None, log
             except Exception as exc:   # libvirt, the OS: still this run's error, never the whole batch's
                 error = exc if isinstance(exc, LabError) else HostError("host", f"{type(exc).__name__}: {exc}")
                 log.write(f"lab: {scenario.name}: {error}\n")
-                return ErrorReport(scenario, error.stage, str(error)).to_json()
+                return ErrorReport(scenario, error.stage, str(error), host_uri=host.uri()).to_json()
     if placement and not parallel:
         parallel = min(placement.capacity(max(budget.HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios)),
                        len(runs))

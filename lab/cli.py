@@ -34,6 +34,15 @@ def _scenarios(args) -> list:
     return chosen
 
 
+def _hosts(args) -> list[str] | None:
+    """The hosts asked for (lab/hosts_option.py): --host, else the scenario files' [hosts], else LAB_HOSTS."""
+    from . import hosts_option
+    from . import scenario as sc
+    files = [item for item in getattr(args, "scenarios", None) or [] if item.endswith(".toml") or "/" in item]
+    named = [uri for item in files for uri in sc.load_file_hosts(item)]
+    return hosts_option.chosen_hosts(args.host, named, os.environ)
+
+
 def _check_writable(root: Path) -> None:
     """The results folder can be made (or written) here: checked before anything is contacted or created."""
     probe = root
@@ -49,20 +58,28 @@ def _cmd_run(args) -> int:
     import time
     import uuid
     scenarios = _scenarios(args)   # everything is validated before anything is created
-    from . import batch, host, image, results   # after: a refused scenario is answered without them
+    hosts = _hosts(args)
+    from . import batch, budget, host, image, results   # after: a refused scenario is answered without them
     if args.parallel is not None and not 1 <= args.parallel <= 16:
         raise LabError("run", f"--parallel {args.parallel} is outside 1..16")
-    parallel = args.parallel or batch.default_parallel(scenarios)
     root = Path(args.results) if args.results else paths.results_dir()
     _check_writable(root)
     if args.dry_run:
-        return _dry_run(scenarios, root)
+        return _dry_run(scenarios, root, hosts)
     missing = host.missing_tools(raw_disks=any(s.profile == "hyperv-gen1" for s in scenarios))
     if missing:
         raise LabError("host", f"not installed: {', '.join(missing)}; `make setup` installs them")
     for name, kernel in dict.fromkeys((s.image, s.kernel) for s in scenarios):
         image.check_in_archive(name, kernel)
-    host.disconnect(host.connect())   # libvirt must answer before a results folder is made
+    # Every host must answer (or at least one, the others named) before a results folder is made.
+    if hosts:
+        from .placement import Placement
+        hosts = Placement.open(hosts, sys.stderr)
+        parallel = args.parallel or hosts.capacity(max(budget.HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios))
+    else:
+        host.disconnect(host.connect())
+        parallel = args.parallel or batch.default_parallel(scenarios)
+    parallel = min(parallel, sum(s.repeat for s in scenarios))
     folder = root / f"lab-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     try:
         folder.mkdir(parents=True)
@@ -71,7 +88,7 @@ def _cmd_run(args) -> int:
     runs = sum(s.repeat for s in scenarios)
     print(f"lab: {runs} run(s), {parallel} at a time; results in {folder}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    reports = batch.run_many(scenarios, folder, parallel, snapshot=args.snapshot)
+    reports = batch.run_many(scenarios, folder, parallel, snapshot=args.snapshot, hosts=hosts)
     data = results.write_invocation(folder, reports, parallel, time.monotonic() - started)
     if args.json:
         print(json.dumps(reports, indent=2, default=str))
@@ -85,10 +102,12 @@ def _cmd_run(args) -> int:
     return 0 if data["all_expectations_held"] else 1
 
 
-def _dry_run(scenarios, root: Path) -> int:
+def _dry_run(scenarios, root: Path, hosts: list[str] | None) -> int:
     import time
-    from . import dryrun
+    from . import dryrun, host
     folder = root / f"dry-run-{time.strftime('%Y%m%d-%H%M%S')}"
+    default = f"{host.uri()} (the default host: LAB_URI or {host.DEFAULT_URI})"
+    print(f"hosts: {', '.join(hosts) if hosts else default}")
     for scenario in scenarios:
         print(f"{scenario.name} ({scenario.profile}, image {scenario.image}, expect {scenario.expect or '-'}):")
         for piece in dryrun.plan(scenario, folder / scenario.name):
@@ -213,7 +232,8 @@ def _cmd_images(args) -> int:
 
 def _cmd_clean(args) -> int:
     from . import clean
-    for line in clean.clean(images=args.images, force=args.force, snapshots=args.snapshots):
+    hosts = _hosts(args)
+    for line in clean.clean(images=args.images, force=args.force, snapshots=args.snapshots, hosts=hosts):
         print(line)
     return 0
 
@@ -241,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave each guest as it is after its verdict (lab ps, lab attach RUN, lab stop RUN)")
     p.add_argument("--dry-run", action="store_true",
                    help="render the domain XML, seed, command lines and kdump config of each run, start nothing")
+    p.add_argument("--host", action="append", default=[], metavar="URI",
+                   help="a libvirt host to spread the runs over, e.g. qemu+ssh://root@h/system (repeatable; "
+                        "else the files' [hosts], else LAB_HOSTS, else LAB_URI or qemu:///system)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_run)
     p = sub.add_parser("ps", help="lab guests on this host: kept ones (--keep) and runs in progress")
@@ -277,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", action="store_true", help="also remove cached images")
     p.add_argument("--snapshots", action="store_true", help="also remove ready-to-panic snapshots")
     p.add_argument("--force", action="store_true", help="also remove domains of lab runs still going")
+    p.add_argument("--host", action="append", default=[], metavar="URI",
+                   help="clean this libvirt host (repeatable; else LAB_HOSTS, else LAB_URI or qemu:///system)")
     p.set_defaults(fn=_cmd_clean)
     args = parser.parse_args(argv)
     signals.install()   # SIGTERM and SIGHUP unwind like Ctrl-C: every run's teardown still happens

@@ -27,6 +27,8 @@ HYPERV_LINE = "Microsoft Hyper-V"
 # lines compared. The guest's own count (version 2's vmcore) is vmcore.in_guest, with wait_for_login only.
 # kept (--keep): the guest left running and the commands that reach it. confidence: certain | likely
 # (lab/verdict.py Verdict.confidence; certain when a settle rule decided), null for unknown.
+# The shapes of an interrupted run and of a run that never started carry host too: {"uri"}, or null
+# when it is not known (every run has a host once runs are spread over several, issue 18).
 REPORT_VERSION = 3
 
 
@@ -155,6 +157,11 @@ class RunReport:
         }
 
 
+def _host(uri: str | None) -> dict | None:
+    """A report's host as far as it is known: RunReport's has the machine too; null when not known."""
+    return {"uri": uri} if uri else None
+
+
 @dataclass(frozen=True)
 class InterruptedReport:
     """What is written when the user stops a run: what it was, and that it has no verdict."""
@@ -163,10 +170,11 @@ class InterruptedReport:
     accel: str
     image: str
     cut_short: dict
+    host_uri: str | None = dataclasses.field(default=None, kw_only=True)   # the libvirt host it ran on
 
     def to_json(self) -> dict:
         return {"run_id": self.run_id, "scenario": self.scenario.name, "accel": self.accel, "image": self.image,
-                "cut_short": self.cut_short, "verdict": None}
+                "cut_short": self.cut_short, "verdict": None, "host": _host(self.host_uri)}
 
 
 @dataclass(frozen=True)
@@ -175,11 +183,12 @@ class ErrorReport:
     scenario: Scenario
     stage: str
     error: str
+    host_uri: str | None = dataclasses.field(default=None, kw_only=True)   # the libvirt host it was to run on
 
     def to_json(self) -> dict:
         return {"scenario": dataclasses.asdict(self.scenario), "error": self.error, "verdict": None,
                 "expectation_met": False if self.scenario.expect else None,
-                "cut_short": {"by": self.stage, "why": self.error}}
+                "cut_short": {"by": self.stage, "why": self.error}, "host": _host(self.host_uri)}
 
 
 def _host_facts(uri: str) -> dict:

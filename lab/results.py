@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import debuginfo, vmcore
 from .errors import HostError, InputError, shown_path
+from .hosts_option import short_uri
 from .transcript import console_lines
 from .vocabulary import HostEvent, Stage
 
@@ -29,15 +30,23 @@ def _stage_times(report: dict) -> dict[str, float]:
     return {name: round(t - start, 3) for name, t in stages.items() if t >= start}
 
 
+def host_uri(report: dict) -> str | None:
+    """The libvirt URI a run used, in full; None when its report does not know (a run that never started)."""
+    return (report.get("host") or {}).get("uri")
+
+
 def summary(reports: list[dict], invocation: str, parallel: int, wall: float) -> dict:
-    """Per scenario: how many runs ended how, whether the expectations held, stage time percentiles."""
+    """Per scenario: how many runs ended how, whether the expectations held, stage time percentiles, and
+    how many of its runs each host ran (a run whose host is not known is not counted there)."""
     scenarios: dict[str, dict] = {}
     for r in reports:
         name = r["scenario"]["name"]
         row = scenarios.setdefault(name, {"runs": 0, "expect": r["scenario"].get("expect"),
                                           "counts": {v: 0 for v in ("reboot", "dump", "hang", "unknown", "error")},
-                                          "expectation_met": 0, "times": {}})
+                                          "expectation_met": 0, "times": {}, "hosts": {}})
         row["runs"] += 1
+        if (uri := host_uri(r)):
+            row["hosts"][uri] = row["hosts"].get(uri, 0) + 1
         row["counts"][r["verdict"] or "error"] += 1
         row["expectation_met"] += r.get("expectation_met") is True
         for stage, t in _stage_times(r).items():
@@ -50,11 +59,12 @@ def summary(reports: list[dict], invocation: str, parallel: int, wall: float) ->
     return {"invocation": invocation, "parallel": parallel, "wall_seconds": round(wall, 1), "runs": len(reports),
             "all_expectations_held": all(r.get("expectation_met") is not False and not r.get("cut_short")
                                          for r in reports),
+            "hosts": list(dict.fromkeys(uri for r in reports if (uri := host_uri(r)))),
             "scenarios": scenarios,
             "run_list": [{"run_id": r.get("run_id"), "scenario": r["scenario"]["name"], "verdict": r["verdict"],
                           "expected": r["scenario"].get("expect"), "stage": r.get("stage"),
                           "diagnosis": r.get("diagnosis") or r.get("error"),
-                          "folder": (r.get("artifacts") or {}).get("dir")} for r in reports]}
+                          "folder": (r.get("artifacts") or {}).get("dir"), "host": host_uri(r)} for r in reports]}
 
 
 def _excerpt(report: dict, lines: int = 40) -> str:
@@ -92,7 +102,7 @@ def junit(reports: list[dict], invocation: str) -> str:
                              time=str((r.get("timings") or {}).get("wall_seconds", 0)))
         props = ET.SubElement(case, "properties")
         for key, value in [("verdict", r["verdict"] or "error"), ("stage", r.get("stage") or ""),
-                           ("expected", r["scenario"].get("expect") or "")] + \
+                           ("expected", r["scenario"].get("expect") or ""), ("host", host_uri(r) or "")] + \
                           [(f"seconds_from_panic.{k}", v) for k, v in _stage_times(r).items()]:
             ET.SubElement(props, "property", name=key, value=str(value))
         if r.get("cut_short"):
@@ -199,9 +209,15 @@ def _run_html(r: dict) -> str:
     return (f'<section class="run"><h3><span class="badge {verdict}">{verdict}</span> '
             f'{escape(r.get("run_id") or r["scenario"]["name"])}</h3>'
             f'<p>image {escape(img.get("name") or "?")} ({escape(img.get("key") or "?")}), kernel '
-            f'<b>{escape(kernel)}</b>;{console_link}</p>'
+            f'<b>{escape(kernel)}</b>; host {_host_html(host_uri(r))};{console_link}</p>'
             f'<p>stage reached: <b>{escape(r.get("stage") or "-")}</b>; {diagnosis}</p>{_timeline_svg(r)}'
             f'<div class="evidence">{"".join(evidence)}</div></section>')
+
+
+def _host_html(uri: str | None) -> str:
+    """The short form shown, the full URI on hover."""
+    from html import escape
+    return f'<span title="{escape(uri)}">{escape(short_uri(uri))}</span>' if uri else "-"
 
 
 def html_report(reports: list[dict], data: dict) -> str:
@@ -214,8 +230,9 @@ def html_report(reports: list[dict], data: dict) -> str:
         cells = "".join(f'<td class="n {v if row["counts"][v] else ""}">{row["counts"][v] or ""}</td>' for v in verdicts)
         held = "" if not row["expect"] else ("held" if row["expectation_met"] == row["runs"] else
                                              f'{row["expectation_met"]}/{row["runs"]} held')
+        hosts = ", ".join(f"{_host_html(uri)} ({n})" for uri, n in row.get("hosts", {}).items()) or "-"
         rows.append(f'<tr><th>{escape(name)}</th><td>{escape(row["expect"] or "-")}</td>{cells}'
-                    f'<td>{escape(held)}</td></tr>')
+                    f'<td>{escape(held)}</td><td class="hosts">{hosts}</td></tr>')
     runs = [_run_html(r) for r in reports]
     style = ("body{font:14px sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}td.n{text-align:center;min-width:3em}"
@@ -227,7 +244,8 @@ def html_report(reports: list[dict], data: dict) -> str:
             f'<style>{style}</style></head><body><h1>panic-lab results: {escape(data["invocation"])}</h1>'
             f'<p>{data["runs"]} run(s), {data["parallel"]} at a time, {data["wall_seconds"]} s; every expectation '
             f'{"held" if data["all_expectations_held"] else "did <b>not</b> hold"}.</p>'
-            f'<h2>Verdicts</h2><table id="matrix"><tr><th>scenario</th><th>expected</th>{head}<th>expectation</th></tr>'
+            f'<h2>Verdicts</h2><table id="matrix"><tr><th>scenario</th><th>expected</th>{head}<th>expectation</th>'
+            '<th>hosts</th></tr>'
             f'{"".join(rows)}</table><h2>Runs</h2>{"".join(runs)}</body></html>\n')
 
 
@@ -253,14 +271,16 @@ def _vmcore_cell(vm: dict) -> str:
 
 
 def table(reports: list[dict]) -> str:
-    rows = [("scenario", "accel", "verdict", "expected", "stage", "vmcore", "wall", "diagnosis")]
+    """The runs, one line each; the host in its short form (short_uri), the full URI is in report.json."""
+    rows = [("scenario", "host", "accel", "verdict", "expected", "stage", "vmcore", "wall", "diagnosis")]
     for r in reports:
         vm = r.get("vmcore") or {}
+        host = short_uri(host_uri(r))
         if "error" in r:   # the run failed on the host before it had a report
-            rows.append((r["scenario"]["name"], "-", "error", r["scenario"].get("expect") or "-", "-", "-", "-",
+            rows.append((r["scenario"]["name"], host, "-", "error", r["scenario"].get("expect") or "-", "-", "-", "-",
                          r["error"][:90]))
             continue
-        rows.append((r["scenario"]["name"], r["accel"]["name"], r["verdict"] or "error", r.get("expected") or "-",
+        rows.append((r["scenario"]["name"], host, r["accel"]["name"], r["verdict"] or "error", r.get("expected") or "-",
                      r["stage"], _vmcore_cell(vm),
                      f"{r['timings']['wall_seconds']:.0f}s", r["diagnosis"][:90]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]

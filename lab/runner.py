@@ -104,7 +104,8 @@ def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Tim
         with top.step("teardown"):
             life.teardown()
         if cut_short and cut_short["by"] == "user":
-            report_mod.write(artifacts, report_mod.InterruptedReport(run_id, scenario, accel.name, image.name, cut_short))
+            report_mod.write(artifacts, report_mod.InterruptedReport(run_id, scenario, accel.name, image.name, cut_short,
+                                                                     host_uri=uri))
     with top.step("classify"):
         verdict = life.verdict()
     facts = life.facts

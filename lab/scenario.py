@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from . import hosts_option
 from . import image as image_mod
 from .profiles import PROFILES
 from .errors import InputError, shown, shown_path
@@ -202,34 +203,52 @@ def resolve(name: str) -> Scenario:
 
 # -- scenario files ---------------------------------------------------------------------------------
 # A file holds [[scenario]] tables (each may start from a `base` scenario) and an optional [matrix] of
-# axes, key = [values, ...], that every scenario of the file is expanded over.
+# axes, key = [values, ...], that every scenario of the file is expanded over; an optional [hosts] table
+# names the libvirt hosts its runs go to (uris = [...], lab/hosts_option.py).
 
 FILE_KEYS = {f.name for f in dataclasses.fields(Scenario)} | {"base"}
 
 
-def load_file(path: str) -> list[Scenario]:
-    """The runs a TOML scenario file asks for, validated; errors name the file, the key and the reason."""
-    import itertools
+def _read_file(path: str) -> dict:
+    """A scenario file's TOML, parsed; errors name the file."""
     import tomllib
     from pathlib import Path
+
+    file = shown_path(path)
+    try:
+        return tomllib.loads(Path(path).read_bytes().decode("utf-8"))   # TOML is UTF-8, whatever the locale
+    except OSError as exc:
+        raise InputError("scenario", f"cannot read {file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError("scenario", f"{file}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): "
+                                     "a scenario file is TOML") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError("scenario", f"{file}: malformed TOML: {exc}") from None
+    except RecursionError:   # tomllib recurses once per nested array or inline table
+        raise InputError("scenario", f"{file}: malformed TOML: arrays or tables nested too deeply") from None
+
+
+def load_file_hosts(path: str) -> list[str]:
+    """The libvirt URIs a scenario file's [hosts] table names (uris = [...]), checked; [] without one."""
+    data = _read_file(path)
+    return hosts_option.file_hosts(data["hosts"], shown_path(path)) if "hosts" in data else []
+
+
+def load_file(path: str) -> list[Scenario]:
+    """The runs a TOML scenario file asks for, validated; errors name the file, the key and the reason.
+    Its [hosts] table is checked here too; load_file_hosts() returns it."""
+    import itertools
 
     file = shown_path(path)
 
     def bad(where: str, msg: str) -> InputError:
         return InputError("scenario", f"{file}: {where}{msg}")
-    try:
-        data = tomllib.loads(Path(path).read_bytes().decode("utf-8"))   # TOML is UTF-8, whatever the locale
-    except OSError as exc:
-        raise InputError("scenario", f"cannot read {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise bad("", f"not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): a scenario file is TOML") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise bad("", f"malformed TOML: {exc}") from None
-    except RecursionError:   # tomllib recurses once per nested array or inline table
-        raise bad("", "malformed TOML: arrays or tables nested too deeply") from None
-    extra = sorted(set(data) - {"scenario", "matrix"})
+    data = _read_file(path)
+    extra = sorted(set(data) - {"scenario", "matrix", "hosts"})
     if extra:
-        raise bad("", f"unknown top-level key {shown(extra[0])} (expected [[scenario]] and [matrix])")
+        raise bad("", f"unknown top-level key {shown(extra[0])} (expected [[scenario]], [matrix] and [hosts])")
+    if "hosts" in data:
+        hosts_option.file_hosts(data["hosts"], file)
     tables = data.get("scenario", [])
     tables = [tables] if isinstance(tables, dict) else tables
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):

@@ -27,7 +27,8 @@ def _run_folder(tmp_path, log=GEN1_STUCK):
               "host_events": [{"kind": HostEvent.STALL, "t": 200.0, "text": "no progress"}],
               "image": {"name": "debian11", "key": "979483a7209b05f8", "kernel_booted": "5.10.0-46-amd64"},
               "timings": {"wall_seconds": 210.0},
-              "artifacts": {"dir": str(folder), "transcript": "console.log"}}
+              "artifacts": {"dir": str(folder), "transcript": "console.log"},
+              "host": {"uri": "qemu+ssh://root@h1/system?keyfile=/root/.ssh/lab", "machine": "h1", "kernel": "6.1"}}
     return folder, report, console.decode(errors="replace").split("\n")
 
 
@@ -35,6 +36,10 @@ def test_each_run_shows_its_kernel_its_console_the_kb_and_each_stage_s_evidence_
     folder, report, lines = _run_folder(tmp_path)
     page = results.html_report([report], results.summary([report], "lab-1", 1, 210.0))
     assert "image debian11 (979483a7209b05f8), kernel <b>5.10.0-46-amd64</b>" in page
+    # the host: short in the text (no keyfile), in full on hover; and per scenario in the matrix
+    shown = '<span title="qemu+ssh://root@h1/system?keyfile=/root/.ssh/lab">qemu+ssh://root@h1/system</span>'
+    assert f"<b>5.10.0-46-amd64</b>; host {shown};" in page
+    assert f'<td class="hosts">{shown} (1)</td></tr>' in page
     assert f'<a href="{folder.name}/console.log">console.log</a>' in page
     assert '<a href="https://support.microsoft.com/kb/2858695">KB2858695</a>' in page
     folded = re.findall(r"<details><summary><b>(\w+)</b>.*?</summary><pre>(.*?)</pre></details>", page, re.S)

@@ -123,6 +123,11 @@ def scenario_document(draw) -> str:
         axes = draw(st.lists(field_key, max_size=3, unique=True))
         doc["matrix"] = {k: draw(mostly(st.lists(plausible[k] if k in plausible else anything, min_size=1, max_size=3),
                                         anything)) for k in axes}
+    if draw(st.integers(0, 4)) == 4:   # [hosts]: uris = [libvirt URIs]
+        uri = mostly(st.sampled_from(["qemu:///system", "qemu+ssh://root@h/system?keyfile=/k", "test:///default",
+                                      "qemu+ssh://h", "http://h/", "qemu:///sys tem"]), text)
+        doc["hosts"] = draw(mostly(st.fixed_dictionaries({"uris": mostly(st.lists(uri, max_size=3), anything)}),
+                                   anything))
     if draw(st.integers(0, 9)) == 9:
         doc[draw(text)] = draw(anything)
     return document(doc)
@@ -134,6 +139,9 @@ def test_a_random_scenario_file_is_loaded_or_refused_in_one_line(places, content
     path = places / "input" / "input.toml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     runs = refused_in_one_line_or(lambda: sc.load_file(str(path)))
+    hosts = refused_in_one_line_or(lambda: sc.load_file_hosts(str(path)))
+    assert hosts is None or all(isinstance(h, str) and "://" in h for h in hosts)
+    assert runs is None or hosts is not None   # a file load_file takes has a [hosts] that is fine too
     for run in runs or []:
         assert isinstance(run, sc.Scenario) and sc.NAME.fullmatch(run.name)
         sc.validate(run)

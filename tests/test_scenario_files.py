@@ -188,12 +188,16 @@ def test_summary_gives_rates_and_junit_one_testcase_per_run(tmp_path):
     runs = [_recorded("kdump-tools-dump-then-reboot.log", "kdump", "dump"),
             _recorded("panic-reboot-kernel-panic-5.log", "kdump", "dump"),
             _recorded("panic-hang-kernel-panic-0.log", "panic-hang", "hang")]
+    for run, uri in zip(runs, ["qemu:///system", "qemu+ssh://root@h1/system", "qemu:///system"]):
+        run["host"] = {"uri": uri, "machine": "m", "kernel": "k"}
     folder = tmp_path / "lab-1"
     folder.mkdir()
     data = results.write_invocation(folder, runs, parallel=2, wall=200.0)
     kdump = data["scenarios"]["kdump"]
     assert kdump["runs"] == 2 and kdump["counts"]["dump"] == 1 and kdump["counts"]["reboot"] == 1
     assert kdump["rates"] == {"reboot": 0.5, "dump": 0.5} and kdump["expectation_met"] == 1
+    assert kdump["hosts"] == {"qemu:///system": 1, "qemu+ssh://root@h1/system": 1}
+    assert data["scenarios"]["panic-hang"]["hosts"] == {"qemu:///system": 1}
     assert data["all_expectations_held"] is False
     assert json.loads((folder / "summary.json").read_text())["runs"] == 3
     suite = ET.parse(folder / "junit.xml").getroot()
@@ -201,6 +205,8 @@ def test_summary_gives_rates_and_junit_one_testcase_per_run(tmp_path):
     failed = [c for c in suite.iter("testcase") if c.find("failure") is not None]
     assert [c.get("classname") for c in failed] == ["panic-lab.kdump"]
     assert "expected dump, got reboot" in failed[0].find("failure").get("message")
+    hosts = [c.find("properties/property[@name='host']").get("value") for c in suite.iter("testcase")]
+    assert hosts == ["qemu:///system", "qemu+ssh://root@h1/system", "qemu:///system"]
 
 
 def test_a_plain_scenario_keeps_the_defaults_it_does_not_set(tmp_path):
