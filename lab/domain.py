@@ -116,9 +116,14 @@ class Domain:
                 raise HostError("teardown", f"qemu-img rebase of the fetched disk: {done.stderr.strip()[:200]}")
         self.overlay = disk
 
-    def remove_volumes(self) -> None:
-        if self.volumes is not None:
-            self.volumes.delete()
+    def remove_volumes(self) -> list[str]:
+        """The run's volumes on a remote host, deleted; the names of those left there (the host is gone)."""
+        if self.volumes is None:
+            return []
+        if host.lost(self.conn):
+            return self.volumes.names()   # `lab clean --host` takes them once the host answers again
+        self.volumes.delete()
+        return []
 
     def check_disk(self, shut_down_cleanly: bool) -> dict:
         """fsck the guest's filesystem from the host, read-only, once the domain is gone."""

@@ -183,6 +183,13 @@ class Lifecycle:
         self.followed = True
         return reached
 
+    def _remove_volumes(self) -> None:
+        left = self.dom.remove_volumes()
+        if left:
+            self.facts["volumes_left"] = left
+            self.say(f"the host dropped the connection: volumes {', '.join(left)} stay on {self.dom.uri} "
+                     "until `lab clean --host URI` reaches it")
+
     def _host_checks_disk(self) -> bool:
         """Whether a check after the run reads the guest's disk: the vmcore's (a capture kernel ran) or
         the filesystem's (a clean shutdown); only then does a remote run's disk come back."""
@@ -254,7 +261,7 @@ class Lifecycle:
                 steps.append(("disk read back", self.dom.fetch_disk))
             steps += [("vmcore", self._check_vmcore),
                       ("disk check", lambda: disk_check.update(self.dom.check_disk(self.shut_down_cleanly))),
-                      ("volumes", self.dom.remove_volumes),
+                      ("volumes", self._remove_volumes),
                       ("scratch", self.dom.remove_files)]
         if self.transcript:
             steps.append(("transcript", self.transcript.close))

@@ -224,7 +224,7 @@ def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, trans
                "kernel_booted": _kernel_booted(transcript),
                "boot": "its own bootloader" if image.boots_from_disk else "direct kernel boot",
                "digest_checked_against": image.checked or None},
-        host=_host_facts(uri),
+        host={**_host_facts(uri), **({"volumes_left": facts["volumes_left"]} if facts.get("volumes_left") else {})},
         console=facts.get("console") or {},
         host_events=[{"t": e.t, "kind": e.kind, "text": e.text, **dict(e.groups)} for e in transcript.host_events],
         timings={"wall_seconds": round(wall, 3), "lab_seconds": lab_seconds,

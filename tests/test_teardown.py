@@ -72,7 +72,7 @@ def test_each_run_closes_its_libvirt_connection(tmp_path, monkeypatch):
         def close(self):
             if not self.callback:
                 closed.set()
-    monkeypatch.setattr(runner.host, "connect", lambda: Conn())
+    monkeypatch.setattr(runner.host, "connect", lambda uri=None: Conn())
     monkeypatch.setattr(runner, "_run", lambda *a: (_ for _ in ()).throw(HostError("image", "cannot build")))
     with pytest.raises(HostError):
         runner.run(BASE_SCENARIOS["panic-hang"], tmp_path)

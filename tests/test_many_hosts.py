@@ -1,0 +1,230 @@
+"""One matrix over several libvirt hosts (lab/placement.py, lab/storage.py), with this machine's libvirtd
+reached twice: as qemu:///system, and over ssh through a loopback sshd of the test's own, which the lab
+must treat as a host that shares no filesystem with it.
+
+- A remote host gets its image, disks and seed as volumes of a libvirt pool, checked by digest, and
+  nothing of the lab's cache.
+- A host that drops mid-matrix ends its run as a host error; the runs not yet started finish on the
+  other host; `lab clean --host` later takes what the dropped run left there.
+- An unreachable host is refused before anything starts, unless another answers.
+"""
+import hashlib
+import io
+import json
+import os
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from conftest import run_lab, spawn_lab
+from lab import host, image, kept, paths, placement, storage
+from loopback_sshd import LoopbackSshd
+
+LOCAL = "qemu:///system"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- placement, from what each host's libvirt says (no libvirt needed: the hosts are described) ----------
+@pytest.fixture
+def described_hosts(monkeypatch):
+    """placement._measure answers from this table; a URI missing from it does not answer."""
+    table = {}
+
+    def measure(uri):
+        if uri not in table:
+            raise host.Unreachable("host", f"libvirt unreachable at {uri}: connection refused")
+        return table[uri]
+    monkeypatch.setattr(placement, "_measure", measure)
+    return table
+
+
+def test_runs_go_to_the_host_with_most_room_by_its_own_cores_and_memory(described_hosts):
+    described_hosts.update({"qemu+ssh://a/system": (2, 8192), "qemu+ssh://b/system": (4, 65536)})
+    spread = placement.Placement.open(list(described_hosts), io.StringIO())
+    need = 2048   # a 1 GiB guest
+    # a: min(2 cores, (8192 - 2048 own) // 2048 = 3) = 2; b: min(4, 31) = 4
+    assert spread.capacity(need) == 6
+    taken = [spread.take(need, placement.threading.Event()).uri for _ in range(6)]
+    assert taken.count("qemu+ssh://b/system") == 4 and taken.count("qemu+ssh://a/system") == 2
+    assert taken[0] == "qemu+ssh://b/system"   # most room first, not the first named
+
+
+def test_a_tie_goes_to_the_host_named_first_and_a_dropped_host_takes_no_more_runs(described_hosts):
+    described_hosts.update({"qemu+ssh://a/system": (2, 16384), LOCAL: (2, 16384)})
+    log = io.StringIO()
+    spread = placement.Placement.open(["qemu+ssh://a/system", LOCAL], log)
+    cancel = placement.threading.Event()
+    first = spread.take(2048, cancel)
+    assert first.uri == "qemu+ssh://a/system" and spread.take(2048, cancel).uri == LOCAL
+    del described_hosts["qemu+ssh://a/system"]   # the host vanishes while its run goes
+    spread.give_back(first, 2048)                # measured anew when it holds nothing: dropped
+    assert "dropped host qemu+ssh://a/system" in log.getvalue()
+    assert spread.take(2048, cancel).uri == LOCAL
+    spread.drop(spread.hosts[1], "gone too")
+    assert spread.take(2048, cancel) is None     # no host left: the batch says so for each run
+
+
+def test_an_unreachable_host_is_named_and_dropped_when_another_answers(described_hosts):
+    described_hosts[LOCAL] = (2, 16384)
+    log = io.StringIO()
+    spread = placement.Placement.open(["qemu+ssh://nowhere/system", LOCAL], log)
+    assert [h.uri for h in spread.hosts] == [LOCAL]
+    assert "dropped a host: libvirt unreachable at qemu+ssh://nowhere/system" in log.getvalue()
+    with pytest.raises(placement.InputError, match="no host answers: libvirt unreachable at qemu\\+ssh://nowhere"):
+        placement.Placement.open(["qemu+ssh://nowhere/system"], log)
+
+
+# -- a real remote host: this machine's libvirtd over ssh -------------------------------------------------
+@pytest.fixture
+def sshd():
+    with LoopbackSshd() as daemon:
+        yield daemon
+
+
+@pytest.mark.libvirt
+def test_an_unreachable_host_refuses_the_run_in_one_line_before_anything_starts(tmp_path):
+    done = run_lab("run", "panic-hang", "--host", "qemu+ssh://root@127.0.0.1:1/system?no_tty=1",
+                   "--results", str(tmp_path), text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "no host answers: libvirt unreachable at qemu+ssh://root@127.0.0.1:1/system" in done.stderr
+    assert not any(tmp_path.iterdir())   # no results folder
+
+
+@pytest.mark.libvirt
+def test_a_file_reaches_a_remote_host_as_a_volume_checked_by_its_digest(sshd, tmp_path):
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(3 << 20) + b"panic-lab")
+    conn = host.connect(sshd.uri)
+    try:
+        pool = storage.pool(conn)
+        vol = storage.uploaded(conn, pool, payload, ".bin")
+        try:
+            assert vol.name() == f"{storage.IMAGE_VOLUME}{_sha256(str(payload))[:24]}.bin"
+            assert storage._read_back(conn, vol) == _sha256(str(payload))
+            # Damaged on the host (an upload cut short): found by the digest and sent again.
+            Path(vol.path()).write_bytes(b"cut short")
+            storage._checked.clear()
+            said = []
+            vol = storage.uploaded(conn, pool, payload, ".bin", said.append)
+            assert any("does not match its digest" in line for line in said)
+            assert _sha256(vol.path()) == _sha256(str(payload))
+        finally:
+            vol.delete(0)
+            storage._checked.clear()
+    finally:
+        host.disconnect(conn)
+
+
+@pytest.mark.libvirt
+def test_lab_clean_on_a_remote_host_takes_only_marked_volumes_whose_lab_is_gone(sshd):
+    conn = host.connect(sshd.uri)
+    pool = storage.pool(conn)
+    dead = _a_dead_pid()
+    names = {"gone": f"{storage.RUN_VOLUME}{dead}-r1-disk.qcow2", "live": f"{storage.RUN_VOLUME}{os.getpid()}-r2-disk.qcow2",
+             "user": "not-the-labs.qcow2"}
+    try:
+        for name in names.values():
+            storage._new_volume(pool, name, 1 << 20)
+        cleaned = run_lab("clean", "--host", sshd.uri, text=True, timeout=120)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert f"removed volume {names['gone']}" in cleaned.stdout
+        assert f"left volume {names['live']}: its lab run (pid {os.getpid()}) is still going" in cleaned.stdout
+        pool.refresh(0)
+        left = {v.name() for v in pool.listAllVolumes(0)}
+        assert names["gone"] not in left and {names["live"], names["user"]} <= left
+    finally:
+        for name in names.values():
+            try:
+                pool.storageVolLookupByName(name).delete(0)
+            except libvirt.libvirtError:
+                pass
+        host.disconnect(conn)
+
+
+def _a_dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+# -- the live matrix: a host that drops mid-run ------------------------------------------------------------
+def _remote_domain(local: libvirt.virConnect) -> libvirt.virDomain | None:
+    """The lab's domain whose disk is a volume of the lab's pool: the one started over ssh."""
+    for dom in local.listAllDomains():
+        if dom.name().startswith(paths.NAME_PREFIX) and storage.POOL_PATH in dom.XMLDesc():
+            return dom
+    return None
+
+
+def _wait(what: str, seconds: float, found):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = found()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {seconds:.0f} s")
+
+
+@pytest.mark.live
+def test_a_host_that_drops_mid_matrix_ends_its_run_as_a_host_error_and_the_rest_finish_on_the_other(
+        kdump_snapshot, tmp_path):
+    sshd = LoopbackSshd()
+    local = host.connect(LOCAL)
+    lab = spawn_lab("run", "kdump", "--repeat", "3", "--snapshot", "--parallel", "2", "--json", "--results",
+                    str(tmp_path), "--host", sshd.uri, "--host", LOCAL, env=dict(os.environ),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        dom = _wait("domain on the ssh host", 300, lambda: _remote_domain(local))
+        run_id, _owner = kept.lab_run(dom)
+        tree = ET.fromstring(dom.XMLDesc())
+        disks = [d.find("source").get("file") for d in tree.iter("disk")]
+        chain = [e.get("file") for e in tree.iter("backingStore") for e in e.iter("source") if e.get("file")]
+        files = disks + chain + [tree.findtext("os/kernel"), tree.findtext("os/initrd")]
+        assert len(disks) == 2 and len(chain) == 1   # the disk and the seed; the image under the disk
+        for path in files:
+            vol = local.storageVolLookupByPath(path)   # every one a volume of the lab's pool ...
+            assert vol.storagePoolLookupByVolume().name() == storage.pool_name()
+            assert not path.startswith((str(paths.cache_dir()), str(paths.work_dir())))   # ... none the lab's cache
+        backing = ET.fromstring(local.storageVolLookupByPath(disks[0]).XMLDesc()).findtext("backingStore/path")
+        assert backing == chain[0]
+        assert _sha256(backing) == _sha256(str(image.ensure(image.DEFAULT).disk))   # the image, as uploaded
+        console = lambda: next(tmp_path.glob(f"lab-*/{run_id}/console.log"), None)  # noqa: E731
+        _wait("kernel banner from the ssh host's console", 300,
+              lambda: console() and b"Linux version" in console().read_bytes())
+        sshd.drop()   # the host vanishes while its guest boots
+        out, err = lab.communicate(timeout=900)
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+        sshd.stop()
+    assert lab.returncode in (0, 1), err
+    reports = json.loads(out)
+    remote = [r for r in reports if (r.get("host") or {}).get("uri") == sshd.uri]
+    stayed = [r for r in reports if (r.get("host") or {}).get("uri") == LOCAL]
+    assert len(remote) == 1 and len(stayed) == 2, [(r.get("host"), r.get("verdict")) for r in reports]
+    assert remote[0].get("cut_short", {}).get("by") == "host" or "error" in remote[0], remote[0]
+    assert f"dropped host {sshd.uri}" in err
+    assert [r["verdict"] for r in stayed] == ["dump", "dump"]
+    assert all(r["vmcore"]["check"] == "passed" for r in stayed)
+    assert _remote_domain(local) is None   # libvirt ended it with the connection (autodestroy)
+
+    # What the dropped run left on that host, `lab clean --host` takes once the host answers again.
+    left = remote[0]["host"].get("volumes_left", [])
+    assert left and all(run_id in name for name in left)
+    with LoopbackSshd() as again:
+        cleaned = run_lab("clean", "--host", again.uri, text=True, timeout=120)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert all(f"removed volume {name}" in cleaned.stdout for name in left)
+    host.disconnect(local)
