@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LAB     := $(VENV)/bin/lab
 export LAB_URI ?= qemu:///system
 
-.PHONY: setup host venv libvirt image lab-run test check test-unit test-libvirt test-live test-scenarios test-releases test-faults bench clean
+.PHONY: setup host venv libvirt image lab-run test check test-unit test-libvirt test-live test-scenarios test-releases test-faults test-hosts bench clean
 
 setup: host venv libvirt
 
@@ -54,6 +54,10 @@ test-releases: image
 # Every fault-injection point with every signal (make test runs a representative six).
 test-faults: image
 	$(PY) -m pytest -v -rs tests/test_faults.py --all-faults
+
+# The seed's scenarios spread over qemu:///system and qemu+ssh to this machine (make test runs a host dropping mid-matrix).
+test-hosts: image
+	$(PY) -m pytest -v -rs tests/test_many_hosts.py --all-scenarios
 
 bench: image
 	$(PY) -m lab.bench --out bench.json

@@ -18,6 +18,10 @@ from .runner import run
 from .scenario import Scenario
 
 
+# A host that refuses a run's volumes or its domain would refuse the next one too: it is dropped.
+REFUSALS = ("storage", "domain")
+
+
 def default_parallel(scenarios: list[Scenario]) -> int:
     """One run per core, as many as the free memory holds. Measured (make bench, TCG, 2 cores, panic-reboot
     batches): 1 at once 0.61 runs/min, 2 at once 1.08, 3 at once about 1.0 with every run ~60 % slower
@@ -62,7 +66,7 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int | None, log
                 continue
             except HostError as exc:
                 log.write(f"lab: {scenario.name}: {exc}\n")
-                placement.check(chosen)
+                placement.check(chosen, refused=str(exc) if exc.stage in REFUSALS else None)
                 return ErrorReport(scenario, exc.stage, str(exc), host_uri=chosen.uri).to_json()
             except Exception as exc:   # libvirt, the OS: this run's error
                 log.write(f"lab: {scenario.name}: host: {type(exc).__name__}: {exc}\n")
@@ -70,8 +74,10 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int | None, log
                 return ErrorReport(scenario, "host", f"{type(exc).__name__}: {exc}", host_uri=chosen.uri).to_json()
             finally:
                 placement.give_back(chosen, need)
-            if (report.get("cut_short") or {}).get("by") == "host":
-                placement.check(chosen)   # a host that lost its connection mid-run takes no more runs
+            cut_short = report.get("cut_short") or {}
+            if cut_short.get("by") == "host":   # lost mid-run, or refused the domain: it takes no more runs
+                refused = cut_short["why"] if cut_short["why"].split(":", 1)[0] in REFUSALS else None
+                placement.check(chosen, refused=refused)
             return report
 
     def one(scenario: Scenario) -> dict:

@@ -102,14 +102,16 @@ class Placement:
                     self._drop(chosen, exc.message)
             self._changed.notify_all()
 
-    def check(self, chosen: Host) -> None:
-        """After a run on `chosen` ended in a host error: drop the host if it no longer answers."""
+    def check(self, chosen: Host, refused: str | None = None) -> None:
+        """After a run on `chosen` ended in a host error: drop the host if it refused the run (`refused`
+        says how) or no longer answers."""
+        if refused:
+            self.drop(chosen, refused)
+            return
         try:
             _measure(chosen.uri)
         except HostError as exc:
-            with self._changed:
-                self._drop(chosen, exc.message)
-                self._changed.notify_all()
+            self.drop(chosen, exc.message)
 
     def drop(self, chosen: Host, why: str) -> None:
         with self._changed:

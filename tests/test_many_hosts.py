@@ -21,7 +21,8 @@ import libvirt
 import pytest
 
 from conftest import run_lab, spawn_lab
-from lab import host, image, kept, paths, placement, storage
+from lab import batch, host, image, kept, paths, placement, storage
+from lab.scenario import BASE_SCENARIOS
 from loopback_sshd import LoopbackSshd
 
 LOCAL = "qemu:///system"
@@ -83,6 +84,44 @@ def test_an_unreachable_host_is_named_and_dropped_when_another_answers(described
     assert "dropped a host: libvirt unreachable at qemu+ssh://nowhere/system" in log.getvalue()
     with pytest.raises(placement.InputError, match="no host answers: libvirt unreachable at qemu\\+ssh://nowhere"):
         placement.Placement.open(["qemu+ssh://nowhere/system"], log)
+
+
+class _Reported(dict):
+    def to_json(self):
+        return dict(self)
+
+
+@pytest.mark.parametrize("failure", ["refuses the domain", "is unreachable", "loses the connection"])
+def test_a_failing_host_ends_its_run_as_a_host_error_and_the_runs_not_started_go_elsewhere(
+        failure, described_hosts, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))   # this machine's memory ledger
+    monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None, kernel="": None)
+    flaky = "qemu+ssh://flaky/system"
+    described_hosts.update({flaky: (2, 16384), LOCAL: (2, 16384)})
+    ran = []
+
+    def run(scenario, results, log, snapshot=False, uri=None):
+        ran.append(uri)
+        if uri == flaky and failure == "is unreachable":
+            del described_hosts[flaky]
+            raise host.Unreachable("host", f"libvirt unreachable at {uri}: connection refused")
+        if uri == flaky:
+            if failure == "loses the connection":
+                del described_hosts[flaky]
+            why = ("domain: libvirt refused to start it" if failure == "refuses the domain"
+                   else "host: the libvirt connection closed: end of file from libvirtd")
+            return _Reported(verdict=None, cut_short={"by": "host", "why": why}, host={"uri": uri})
+        return _Reported(verdict="hang", host={"uri": uri})
+    monkeypatch.setattr(batch, "run", run)
+    log = io.StringIO()
+    reports = batch.run_many([BASE_SCENARIOS["panic-hang"]] * 3, tmp_path, 1, log=log, hosts=[flaky, LOCAL])
+    assert f"dropped host {flaky}" in log.getvalue()
+    if failure == "is unreachable":   # nothing started there: that run, too, went to the other host
+        assert ran == [flaky, LOCAL, LOCAL, LOCAL] and [r["verdict"] for r in reports] == ["hang"] * 3
+    else:
+        assert ran == [flaky, LOCAL, LOCAL]
+        assert reports[0]["cut_short"]["by"] == "host" and reports[0]["host"]["uri"] == flaky
+        assert [r["verdict"] for r in reports[1:]] == ["hang", "hang"]
 
 
 # -- a real remote host: this machine's libvirtd over ssh -------------------------------------------------
@@ -228,3 +267,24 @@ def test_a_host_that_drops_mid_matrix_ends_its_run_as_a_host_error_and_the_rest_
     assert cleaned.returncode == 0, cleaned.stderr
     assert all(f"removed volume {name}" in cleaned.stdout for name in left)
     host.disconnect(local)
+
+
+# The seed's scenarios over both hosts, each run's host named: `make test-hosts` (make test runs the drop).
+REPRESENTATIVE_RUNS = ("refuses the domain", "is unreachable", "loses the connection")
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("matrix", ["seed"])
+def test_the_seed_matrix_over_two_hosts_gives_each_expected_verdict_and_names_its_host(matrix, sshd, tmp_path):
+    seed = ["panic-reboot", "kdump", "hyperv-kdump-default", "hyperv-kdump-kb2858695"]
+    done = run_lab("run", *seed, "--parallel", "2", "--json", "--results", str(tmp_path),
+                   "--host", LOCAL, "--host", sshd.uri, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = json.loads(done.stdout)
+    assert [r["scenario"]["name"] for r in reports] == seed
+    assert all(r["expectation_met"] for r in reports), [(r["scenario"]["name"], r["verdict"]) for r in reports]
+    ran_on = {r["host"]["uri"] for r in reports}
+    assert ran_on == {LOCAL, sshd.uri}   # both hosts took runs
+    for r in reports:
+        if r["verdict"] == "dump":   # the vmcore checked on this machine, wherever the guest ran
+            assert r["vmcore"]["check"] == "passed", r["vmcore"]
