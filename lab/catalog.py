@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -290,6 +289,7 @@ def pull(name: str, log=sys.stderr) -> Path:
         progress = Progress(name, total, have, log)
         if have:
             print(f"pull {name}: resuming at {have / 2**20:.1f} MiB", file=log, flush=True)
+        import http.client   # here: every CLI call imports this module, few download
         try:
             with response, part.open("ab" if have else "wb") as out:
                 while block := response.read(CHUNK):

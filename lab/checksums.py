@@ -13,8 +13,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +31,8 @@ ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
 
 def fetch(url: str, start: int = 0):
     """An open HTTP response for `url` (from byte `start`); failures are one-line HostErrors."""
+    import urllib.error   # here: every CLI call imports this module, few fetch
+    import urllib.request
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
     try:
         return urllib.request.urlopen(request, timeout=TIMEOUT)

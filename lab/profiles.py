@@ -3,12 +3,11 @@ it (domains/default.xml.j2). One place for every device choice; the accelerator 
 same template as real runs."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
 import uuid
-
-import jinja2
 
 from . import paths
 
@@ -37,8 +36,11 @@ STANDINS = {
 # The disk a stale VMBus channel silences: the paravirtual path.
 STALE_VMBUS_TARGET = {"hyperv-gen1": "vda"}
 
-_env = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.DOMAINS), autoescape=True,
-                          undefined=jinja2.StrictUndefined)
+@functools.cache
+def _environment():
+    import jinja2   # here: a CLI call that renders nothing (most of them) does not pay for it
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(paths.DOMAINS), autoescape=True,
+                              undefined=jinja2.StrictUndefined)
 
 
 # A remote host's libvirt picks its own QEMU binary (this machine's path means nothing there).
@@ -55,7 +57,7 @@ def render_xml(profile: str, **context) -> str:
     values.setdefault("owner", os.getpid())   # `lab clean` leaves a domain alone while this process lives
     values.setdefault("origin", platform.node())   # ... and a remote host's domain alone if another machine's lab owns it
     values.setdefault("emulator", shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64")
-    return _env.get_template(spec["template"]).render(**values)
+    return _environment().get_template(spec["template"]).render(**values)
 
 
 def probe_renderer(kernel, qemu_label: str | None, remote: bool = False):
