@@ -18,10 +18,6 @@ from .runner import run
 from .scenario import Scenario
 
 
-# A host that refuses a run's volumes or its domain would refuse the next one too: it is dropped.
-REFUSALS = ("storage", "domain")
-
-
 def default_parallel(scenarios: list[Scenario]) -> int:
     """One run per core, as many as the free memory holds. Measured (make bench, TCG, 2 cores, panic-reboot
     batches): 1 at once 0.61 runs/min, 2 at once 1.08, 3 at once about 1.0 with every run ~60 % slower
@@ -53,32 +49,44 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int | None, log
         while True:
             chosen = placement.take(need, CANCEL)
             if chosen is None:
-                return ErrorReport(scenario, "host", "no host left: every host given was dropped",
-                                   host_uri=placement.hosts[-1].uri).to_json()
+                return ErrorReport(scenario, "host", "no host left: every host given was dropped").to_json()
+            refused = None
             try:
-                if not host.is_remote(chosen.uri):
-                    with ledger.reserve(need, CANCEL, lambda: None):   # this machine's memory, shared with other labs
-                        report = run(scenario, results, log, snapshot=snapshot, uri=chosen.uri).to_json()
-                else:
-                    report = run(scenario, results, log, snapshot=snapshot, uri=chosen.uri).to_json()
+                report = on_host(scenario, chosen.uri, need)
+                cut_short = report.get("cut_short") or {}
+                if cut_short.get("refused"):
+                    refused = cut_short["why"]
+                elif cut_short.get("by") == "host":
+                    placement.check(chosen)   # lost mid-run: a host that no longer answers takes no more runs
+                return report
             except host.Unreachable as exc:   # nothing of this run started there: it goes elsewhere
                 placement.drop(chosen, exc.message)
                 continue
+            except host.Refused as exc:
+                refused = str(exc)
+                return failed(scenario, exc, chosen.uri)
             except HostError as exc:
-                log.write(f"lab: {scenario.name}: {exc}\n")
-                placement.check(chosen, refused=str(exc) if exc.stage in REFUSALS else None)
-                return ErrorReport(scenario, exc.stage, str(exc), host_uri=chosen.uri).to_json()
-            except Exception as exc:   # libvirt, the OS: this run's error
-                log.write(f"lab: {scenario.name}: host: {type(exc).__name__}: {exc}\n")
                 placement.check(chosen)
-                return ErrorReport(scenario, "host", f"{type(exc).__name__}: {exc}", host_uri=chosen.uri).to_json()
+                return failed(scenario, exc, chosen.uri)
+            except LabError as exc:   # the run's own (an image, the input): the host is not to blame
+                return failed(scenario, exc, chosen.uri)
+            except Exception as exc:   # libvirt, the OS: this run's error
+                placement.check(chosen)
+                return failed(scenario, HostError("host", f"{type(exc).__name__}: {exc}"), chosen.uri)
             finally:
+                if refused:   # dropped before its room is given back: no waiting run may go there
+                    placement.drop(chosen, refused)
                 placement.give_back(chosen, need)
-            cut_short = report.get("cut_short") or {}
-            if cut_short.get("by") == "host":   # lost mid-run, or refused the domain: it takes no more runs
-                refused = cut_short["why"] if cut_short["why"].split(":", 1)[0] in REFUSALS else None
-                placement.check(chosen, refused=refused)
-            return report
+
+    def on_host(scenario: Scenario, uri: str, need: int) -> dict:
+        if host.is_remote(uri):
+            return run(scenario, results, log, snapshot=snapshot, uri=uri).to_json()
+        with ledger.reserve(need, CANCEL, lambda: None):   # this machine's memory, shared with other labs
+            return run(scenario, results, log, snapshot=snapshot, uri=uri).to_json()
+
+    def failed(scenario: Scenario, error: LabError, uri: str) -> dict:
+        log.write(f"lab: {scenario.name}: {error}\n")
+        return ErrorReport(scenario, error.stage, str(error), host_uri=uri).to_json()
 
     def one(scenario: Scenario) -> dict:
         if placement:

@@ -15,13 +15,13 @@ import libvirt
 from . import catalog, host, image, kept, paths, storage
 
 
-def _owner(dom: libvirt.virDomain, c: "_Cleaner") -> int | None:
-    """The pid that started a lab domain, from its metadata; None if the domain is not the lab's, or
-    another machine's lab started it (its pids mean nothing here) and --force is not given."""
+def _owner(dom: libvirt.virDomain, c: "_Cleaner", remote: bool) -> int | None:
+    """The pid that started a lab domain, from its metadata; None if the domain is not the lab's, or, on
+    a remote host, another machine's lab started it (its pids mean nothing here) and --force is not given."""
     if not dom.name().startswith(paths.NAME_PREFIX):
         return None
     origin = kept.origin(dom)
-    if origin and origin != platform.node() and not c.force:
+    if remote and origin and origin != platform.node() and not c.force:
         c.done.append(f"left {dom.name()}: the lab on {origin} started it (--force takes it)")
         return None
     return kept.lab_run(dom)[1]
@@ -50,9 +50,15 @@ def clean(images: bool = False, force: bool = False, snapshots: bool = False, ho
     scratch and cache are cleaned when one of them is this machine, or when none is given."""
     c = _Cleaner(force)
     for uri in hosts or [host.uri()]:
-        conn = host.connect(uri)
         try:
-            _domains(conn, c)
+            conn = host.connect(uri)
+        except host.Unreachable as exc:
+            if not hosts or len(hosts) == 1:
+                raise
+            c.done.append(f"left {uri} as it is: {exc.message}")   # the other hosts are still cleaned
+            continue
+        try:
+            _domains(conn, c, remote=host.is_remote(uri))
             if host.is_remote(uri):
                 _volumes(conn, c, images)
         finally:
@@ -68,10 +74,10 @@ def clean(images: bool = False, force: bool = False, snapshots: bool = False, ho
     return c.done or ["nothing to clean"]
 
 
-def _domains(conn: libvirt.virConnect, c: _Cleaner) -> None:
+def _domains(conn: libvirt.virConnect, c: _Cleaner, remote: bool = False) -> None:
     for dom in conn.listAllDomains():
         try:
-            owner = _owner(dom, c)
+            owner = _owner(dom, c, remote)
             if owner is None or not c.may_take(dom.name(), owner):
                 continue
             persistent = dom.isPersistent()
@@ -86,20 +92,25 @@ def _domains(conn: libvirt.virConnect, c: _Cleaner) -> None:
 
 
 def _volumes(conn: libvirt.virConnect, c: _Cleaner, images: bool) -> None:
-    """A remote host's volumes of the lab's pool that carry its mark: a run's whose lab is gone; with
-    --images, the uploaded images too."""
+    """A remote host's volumes of the lab's pool that carry its mark: a run's whose lab is gone (a lab on
+    another machine's only with --force); with --images, the uploaded images too."""
     where = host.uri_of(conn)
-    for vol, owner in storage.leftovers(conn):
-        if owner is None and not images:
+    for left in storage.leftovers(conn):
+        name = left.volume.name()
+        if left.pid is None and not images:
             continue
-        if owner is not None and not c.may_take(f"volume {vol.name()}", owner):
+        if not left.ours and not c.force:
+            c.done.append(f"left volume {name}: a lab on another machine made it (--force takes it)")
+            continue
+        if left.pid is not None and left.ours and not c.may_take(f"volume {name}", left.pid):
             continue
         try:
-            vol.delete(0)
+            left.volume.delete(0)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise
-        c.done.append(f"removed volume {vol.name()} on {where}")
+                c.done.append(f"left volume {name}: {storage.one_line(exc.get_error_message())}")
+                continue
+        c.done.append(f"removed volume {name} on {where}")
 
 
 def _scratch(c: _Cleaner) -> None:

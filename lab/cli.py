@@ -75,11 +75,11 @@ def _cmd_run(args) -> int:
     if hosts:
         from .placement import Placement
         hosts = Placement.open(hosts, sys.stderr)
-        parallel = args.parallel or hosts.capacity(max(budget.HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios))
+        need = max(budget.HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios)
+        parallel = args.parallel or min(hosts.capacity(need), sum(s.repeat for s in scenarios))
     else:
         host.disconnect(host.connect())
         parallel = args.parallel or batch.default_parallel(scenarios)
-    parallel = min(parallel, sum(s.repeat for s in scenarios))
     folder = root / f"lab-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     try:
         folder.mkdir(parents=True)

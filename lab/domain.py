@@ -55,7 +55,8 @@ class Domain:
                 self.dom = host.create_paused(self.conn, self.xml, autodestroy)
                 self.autodestroy = autodestroy
         except libvirt.libvirtError as exc:
-            raise HostError("domain", f"libvirt refused to start {self.name}: {exc.get_error_message()}") from None
+            raise host.Refused("domain", f"libvirt refused to start {self.name}: "
+                                         f"{host.one_line(exc.get_error_message())}") from None
 
     def connection_lost(self) -> str | None:
         """Why libvirt closed the connection this domain was made on, or None while it is open."""
@@ -120,9 +121,12 @@ class Domain:
         """The run's volumes on a remote host, deleted; the names of those left there (the host is gone)."""
         if self.volumes is None:
             return []
-        if host.lost(self.conn):
+        if host.lost(self.conn) or not self._alive():
             return self.volumes.names()   # `lab clean --host` takes them once the host answers again
-        self.volumes.delete()
+        try:
+            self.volumes.delete()
+        except HostError:
+            return [n for n in self.volumes.names() if n]   # the host went away half-way
         return []
 
     def check_disk(self, shut_down_cleanly: bool) -> dict:
@@ -163,11 +167,17 @@ class Domain:
             try:
                 self.dom.destroy()
             except libvirt.libvirtError as exc:
-                if self.autodestroy and host.lost(self.conn) and host.is_remote(self.uri):
+                if self.autodestroy and host.is_remote(self.uri) and (host.lost(self.conn) or not self._alive()):
                     pass   # the host dropped the connection, and with it (autodestroy) the domain
                 elif exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     self._destroy_on_a_new_connection()
         reaper.release(self.name)
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self.conn.isAlive())
+        except libvirt.libvirtError:
+            return False
 
     def _destroy_on_a_new_connection(self, wait: float = 30.0) -> None:
         """The run's connection may be gone (libvirtd restarted): the domain still runs, so reach it anew."""

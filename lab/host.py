@@ -54,6 +54,15 @@ class Unreachable(HostError):
     """libvirt did not answer at a URI: nothing was started there."""
 
 
+class Refused(HostError):
+    """The host's libvirt refused what a run needs there (its pool, a volume, the domain): the next run
+    would be refused too, so a batch over several hosts drops it."""
+
+
+def one_line(text: str) -> str:
+    return " ".join((text or "").split())   # ssh's stderr, inside libvirt's message, spans lines
+
+
 CLOSE_REASONS = {0: "an error", 1: "end of file from libvirtd (restarted or stopped?)", 2: "a keepalive timeout",
                  3: "the client asked"}
 
@@ -67,7 +76,7 @@ def connect(target: str | None = None) -> libvirt.virConnect:
     except libvirt.libvirtError as exc:
         hint = ("is libvirtd running there, and does the URI's transport reach it?" if is_remote(target)
                 else "start it with `make setup`, or set LAB_URI")
-        raise Unreachable("host", f"libvirt unreachable at {target}: {exc.get_error_message()} ({hint})") from None
+        raise Unreachable("host", f"libvirt unreachable at {target}: {one_line(exc.get_error_message())} ({hint})") from None
     # Kept on the connection object itself: an id() would be reused by a later connection.
     state: dict[str, str] = {}
 

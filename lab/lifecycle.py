@@ -196,7 +196,8 @@ class Lifecycle:
         if not self.followed:
             return False
         verdict = derive(self.transcript.events())
-        return self.shut_down_cleanly or verdict.verdict == Outcome.DUMP or \
+        raw = self.dom.volumes.disk.name().endswith(".raw")   # e2fsck reads only a bare raw filesystem
+        return (raw and self.shut_down_cleanly) or verdict.verdict == Outcome.DUMP or \
             any(s.name == Stage.CAPTURE_KERNEL_BOOTED for s in verdict.stages)
 
     def _check_vmcore(self) -> None:
@@ -257,7 +258,7 @@ class Lifecycle:
             self.facts["kept"] = kept.how_to_reach(self.run_id, self.dom.name, self.dom.uri)
         elif self.dom:
             steps += [("destroy", self.dom.destroy)]
-            if self.dom.volumes is not None and self._host_checks_disk():
+            if self.dom.volumes is not None and not self.dom.connection_lost() and self._host_checks_disk():
                 steps.append(("disk read back", self.dom.fetch_disk))
             steps += [("vmcore", self._check_vmcore),
                       ("disk check", lambda: disk_check.update(self.dom.check_disk(self.shut_down_cleanly))),

@@ -40,7 +40,7 @@ def _measure(uri: str) -> tuple[int, int]:
     try:
         return conn.getInfo()[2], conn.getFreeMemory() // MIB
     except libvirt.libvirtError as exc:
-        raise HostError("host", f"{uri} answered, then failed: {exc.get_error_message()}") from None
+        raise HostError("host", f"{uri} answered, then failed: {host.one_line(exc.get_error_message())}") from None
     finally:
         host.disconnect(conn)
 
@@ -95,19 +95,21 @@ class Placement:
         with self._changed:
             chosen.running -= 1
             chosen.held_mib -= need_mib
-            if chosen.running == 0 and not chosen.down:
-                try:   # measured anew while the batch holds nothing there
-                    chosen.cores, chosen.free_mib = _measure(chosen.uri)
-                except HostError as exc:
-                    self._drop(chosen, exc.message)
+            idle = chosen.running == 0 and not chosen.down
             self._changed.notify_all()
+        if idle:   # measured anew while the batch holds nothing there, outside the lock (a network call)
+            try:
+                measured = _measure(chosen.uri)
+            except HostError as exc:
+                self.drop(chosen, exc.message)
+                return
+            with self._changed:
+                if chosen.running == 0:
+                    chosen.cores, chosen.free_mib = measured
+                self._changed.notify_all()
 
-    def check(self, chosen: Host, refused: str | None = None) -> None:
-        """After a run on `chosen` ended in a host error: drop the host if it refused the run (`refused`
-        says how) or no longer answers."""
-        if refused:
-            self.drop(chosen, refused)
-            return
+    def check(self, chosen: Host) -> None:
+        """After a run on `chosen` ended in a host error: drop the host if it no longer answers."""
         try:
             _measure(chosen.uri)
         except HostError as exc:

@@ -92,7 +92,7 @@ def for_connection(conn: libvirt.virConnect) -> QemuUser | None:
 def for_uri(uri: str) -> QemuUser | None:
     """The user the lab names for QEMU, or None where libvirt's own choice is already unprivileged (a
     session daemon, or a user other than root on the system daemon: libvirt then relabels the files)."""
-    if os.geteuid() != 0 or host.is_remote(uri) or not uri.split("?")[0].endswith("/system"):
+    if os.geteuid() != 0 or host.is_remote(uri) or not uri.endswith("/system"):
         return None   # a remote host's QEMU user is its libvirt's business: it relabels the volumes itself
     name = os.environ.get("LAB_QEMU_USER") or DEFAULT
     try:

@@ -27,9 +27,9 @@ HYPERV_LINE = "Microsoft Hyper-V"
 # lines compared. The guest's own count (version 2's vmcore) is vmcore.in_guest, with wait_for_login only.
 # kept (--keep): the guest left running and the commands that reach it. confidence: certain | likely
 # (lab/verdict.py Verdict.confidence; certain when a settle rule decided), null for unknown.
-# The shapes of an interrupted run and of a run that never started carry host too: {"uri"}, or null
-# when it is not known (every run has a host once runs are spread over several, issue 18).
-REPORT_VERSION = 3
+# 4: every shape carries host: {"uri"} (null when no host took the run); a run's host.machine is the
+# remote host's name and host.kernel null there; host.volumes_left names what a dropped host kept.
+REPORT_VERSION = 4
 
 
 def _hyperv(accel, preflight: dict, transcript) -> dict:

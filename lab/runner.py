@@ -96,6 +96,8 @@ def _run(conn, scenario: Scenario, results: Path, sink, snapshot: bool, top: Tim
         raise
     except LabError as exc:
         cut_short = {"by": "host" if isinstance(exc, HostError) else "lab", "why": str(exc)}
+        if isinstance(exc, host.Refused):
+            cut_short["refused"] = True   # a batch over several hosts gives that host no more runs
         say(f"cut short: {exc}")
     except Exception as exc:   # libvirt, the OS: still this run's host error, never the whole invocation's
         cut_short = {"by": "host", "why": f"host: {type(exc).__name__}: {exc}"}

@@ -10,9 +10,11 @@ with the lab.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from . import host
+from . import host, paths
 from .errors import HostError
 
 if TYPE_CHECKING:   # types only
@@ -45,64 +47,107 @@ def _hint(uri: str) -> str:
             f"virsh -c '{uri}' pool-build {name} && virsh -c '{uri}' pool-start {name}`, or name one in LAB_POOL")
 
 
+Refused, one_line = host.Refused, host.one_line
+
+
+def _failed(what: str, exc: libvirt.libvirtError) -> Refused:
+    return Refused("storage", f"{what}: {one_line(exc.get_error_message() or str(exc))}")
+
+
+_guard = threading.Lock()
+_host_locks: dict[str, threading.Lock] = {}
+
+
+def _host_lock(uri: str) -> threading.Lock:
+    """One per host in this process: the pool made once, one upload at a time."""
+    with _guard:
+        return _host_locks.setdefault(uri, threading.Lock())
+
+
 def pool(conn: libvirt.virConnect, create: bool = True) -> libvirt.virStoragePool | None:
     """The lab's pool on this host (LAB_POOL names another), started; made as a directory pool if missing."""
     name, uri = pool_name(), host.uri_of(conn)
+    with _host_lock(uri):
+        try:
+            found = conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError:
+            if not create:
+                return None
+            found = _define(conn, name, uri)
+        if not found.isActive():
+            try:
+                found.create(0)
+            except libvirt.libvirtError as exc:
+                if not found.isActive():   # another lab may have started it meanwhile
+                    raise Refused("storage", f"storage pool {name!r} on {uri} does not start: "
+                                             f"{one_line(exc.get_error_message())}; {_hint(uri)}") from None
+        return found
+
+
+def _define(conn: libvirt.virConnect, name: str, uri: str) -> libvirt.virStoragePool:
     try:
-        found = conn.storagePoolLookupByName(name)
-    except libvirt.libvirtError:
-        if not create:
-            return None
+        made = conn.storagePoolDefineXML(f"<pool type='dir'><name>{escape(name)}</name>"
+                                         f"<target><path>{POOL_PATH}</path></target></pool>", 0)
+    except libvirt.libvirtError as exc:
         try:
-            found = conn.storagePoolDefineXML(f"<pool type='dir'><name>{escape(name)}</name>"
-                                              f"<target><path>{POOL_PATH}</path></target></pool>", 0)
-            found.build(0)
-        except libvirt.libvirtError as exc:
-            raise HostError("storage", f"{uri} has no storage pool {name!r} and refused one: "
-                                       f"{exc.get_error_message()}; {_hint(uri)}") from None
-    if not found.isActive():
-        try:
-            found.create(0)
-        except libvirt.libvirtError as exc:
-            raise HostError("storage", f"storage pool {name!r} on {uri} does not start: "
-                                       f"{exc.get_error_message()}; {_hint(uri)}") from None
-    return found
+            return conn.storagePoolLookupByName(name)   # another lab defined it meanwhile
+        except libvirt.libvirtError:
+            raise Refused("storage", f"{uri} has no storage pool {name!r} and refused one: "
+                                     f"{one_line(exc.get_error_message())}; {_hint(uri)}") from None
+    try:
+        made.build(0)
+    except libvirt.libvirtError as exc:
+        made.undefine()   # or the hint's pool-define-as would find it there
+        raise Refused("storage", f"{uri} has no storage pool {name!r} and refused one: "
+                                 f"{one_line(exc.get_error_message())}; {_hint(uri)}") from None
+    return made
 
 
 # -- digests --------------------------------------------------------------------------------------------
 _digests: dict[tuple, str] = {}
 _checked: set[tuple[str, str]] = set()     # (uri, volume) read back and found right in this process
-_uploading: dict[str, threading.Lock] = {}
-_guard = threading.Lock()
 
 
 def digest(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-        _digests[key] = h.hexdigest()
-    return _digests[key]
+    with _guard:   # two runs starting together hash the image once
+        if key not in _digests:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+            _digests[key] = h.hexdigest()
+        return _digests[key]
+
+
+@contextlib.contextmanager
+def _stream(conn: libvirt.virConnect):
+    """A libvirt stream, finished on success and aborted on any failure (an open one keeps its volume busy)."""
+    stream = conn.newStream(0)
+    try:
+        yield stream
+        stream.finish()
+    except BaseException:
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            pass
+        raise
 
 
 def _read_back(conn: libvirt.virConnect, vol: libvirt.virStorageVol) -> str:
     h = hashlib.sha256()
-    stream = conn.newStream(0)
-    vol.download(stream, 0, 0, 0)
-    stream.recvAll(lambda _s, data, _o: h.update(data), None)
-    stream.finish()
+    with _stream(conn) as stream:
+        vol.download(stream, 0, 0, 0)
+        stream.recvAll(lambda _s, data, _o: h.update(data), None)
     return h.hexdigest()
 
 
 def _send(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: Path) -> None:
-    stream = conn.newStream(0)
-    vol.upload(stream, 0, path.stat().st_size, 0)
-    with open(path, "rb") as f:
+    with _stream(conn) as stream, open(path, "rb") as f:
+        vol.upload(stream, 0, path.stat().st_size, 0)
         stream.sendAll(lambda _s, n, _o: f.read(min(n, CHUNK)), None)
-    stream.finish()
 
 
 def _new_volume(storage: libvirt.virStoragePool, name: str, size: int, fmt: str = "raw", backing: str | None = None,
@@ -114,39 +159,47 @@ def _new_volume(storage: libvirt.virStoragePool, name: str, size: int, fmt: str 
                              f"{chain}</volume>", 0)
 
 
+def _uploads_folder() -> Path:
+    folder = paths.owned_cache() / "uploads"   # its flock: one upload at a time from this machine
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def uploaded(conn: libvirt.virConnect, storage: libvirt.virStoragePool, path: Path, suffix: str,
-             say=lambda _m: None) -> libvirt.virStorageVol:
-    """`path` as a volume of the host, named by its digest, sent once and checked against the digest."""
+             say=lambda _m: None, fmt: str = "raw", capacity: int | None = None) -> libvirt.virStorageVol:
+    """`path` as a volume of the host, named by its digest, sent once and checked against the digest.
+    `fmt` is what the host is told the file is (a qcow2 image: the raw copy converts from that)."""
     uri, want = host.uri_of(conn), digest(path)
     name = f"{IMAGE_VOLUME}{want[:24]}{suffix}"
-    with _guard:
-        lock = _uploading.setdefault(uri, threading.Lock())
-    with lock:   # two runs of one batch on one host: one upload, one at a time
+    # One at a time: runs of this batch in this process, other labs on this machine by the file lock.
+    with _host_lock(uri), paths.locked(_uploads_folder()):
         try:
             vol = storage.storageVolLookupByName(name)
         except libvirt.libvirtError:
             vol = None
         if vol is not None and (uri, name) in _checked:
             return vol
-        if vol is not None and _read_back(conn, vol) != want:
-            say(f"volume {name} on {uri} does not match its digest (an upload cut short?): sending it again")
-            vol.delete(0)
-            vol = None
-        if vol is None:
-            size = path.stat().st_size
-            say(f"uploading {path.name} ({size / 2**20:.0f} MiB) to {uri} as volume {name}")
-            try:
-                vol = _new_volume(storage, name, size)
-                _send(conn, vol, path)
-            except libvirt.libvirtError as exc:
-                raise HostError("storage", f"upload of {path.name} to {uri} failed: {exc.get_error_message()}") from None
-            storage.refresh(0)   # the host probes the file it now holds (qcow2): a raw copy converts from that
-            vol = storage.storageVolLookupByName(name)
-            got = _read_back(conn, vol)
-            if got != want:
+        try:
+            if vol is not None and _read_back(conn, vol) != want:
+                say(f"volume {name} on {uri} does not match its digest (an upload cut short?): sending it again")
                 vol.delete(0)
-                raise HostError("storage", f"volume {name} on {uri} reads back as sha256 {got[:16]}…, "
-                                           f"not {want[:16]}…: the upload was damaged")
+                vol = None
+            if vol is None:
+                size = path.stat().st_size
+                say(f"uploading {path.name} ({size / 2**20:.0f} MiB) to {uri} as volume {name}")
+                vol = _new_volume(storage, name, capacity or size, fmt)
+                try:
+                    _send(conn, vol, path)
+                    got = _read_back(conn, vol)
+                except BaseException:
+                    vol.delete(0)   # a partial volume under the digest's name would be taken for the image
+                    raise
+                if got != want:
+                    vol.delete(0)
+                    raise Refused("storage", f"volume {name} on {uri} reads back as sha256 {got[:16]}…, "
+                                             f"not {want[:16]}…: the upload was damaged")
+        except libvirt.libvirtError as exc:
+            raise _failed(f"sending {path.name} to {uri}", exc) from None
         _checked.add((uri, name))
         return vol
 
@@ -162,16 +215,16 @@ class RemoteImage:
 
 
 def stage_image(conn: libvirt.virConnect, image: Image, say=lambda _m: None) -> RemoteImage:
-    storage = pool(conn)
-    paths = {}
-    for part, suffix in (("disk", ".qcow2"), ("kernel", ".vmlinuz"), ("initrd", ".initrd")):
-        local = getattr(image, part)
-        paths[part] = uploaded(conn, storage, local, suffix, say).path() if local else None
     info = subprocess.run(["qemu-img", "info", "--output=json", str(image.disk)], capture_output=True, text=True)
     if info.returncode != 0:
-        raise HostError("storage", f"qemu-img info {image.disk}: {info.stderr.strip()[:200]}")
-    return RemoteImage(paths["disk"], paths["kernel"], paths["initrd"], digest(image.disk),
-                       json.loads(info.stdout)["virtual-size"])
+        raise HostError("image", f"qemu-img info {image.disk}: {one_line(info.stderr)[:200]}")
+    virtual_size = json.loads(info.stdout)["virtual-size"]
+    storage = pool(conn)
+    where = {"disk": uploaded(conn, storage, image.disk, ".qcow2", say, fmt="qcow2", capacity=virtual_size).path()}
+    for part, suffix in (("kernel", ".vmlinuz"), ("initrd", ".initrd")):
+        local = getattr(image, part)
+        where[part] = uploaded(conn, storage, local, suffix, say).path() if local else None
+    return RemoteImage(where["disk"], where["kernel"], where["initrd"], digest(image.disk), virtual_size)
 
 
 @dataclass
@@ -192,17 +245,18 @@ class RunVolumes:
             self.seed = _new_volume(self.disk.storagePoolLookupByVolume(), self.seed_name, iso.stat().st_size)
             _send(self.conn, self.seed, iso)
         except libvirt.libvirtError as exc:
-            raise HostError("storage", f"the run's seed on {host.uri_of(self.conn)}: {exc.get_error_message()}") from None
+            raise _failed(f"the run's seed on {host.uri_of(self.conn)}", exc) from None
         if self.seed.path() != self.seed_path:
-            raise HostError("storage", f"pool {pool_name()!r} put the seed at {self.seed.path()}, not beside the disk: "
-                                       "the lab needs a directory pool")
+            raise Refused("storage", f"pool {pool_name()!r} put the seed at {self.seed.path()}, not beside the disk: "
+                                     "the lab needs a directory pool")
 
     def names(self) -> list[str]:
         return [v.name() for v in (self.disk, self.seed) if v is not None]
 
     def fetch_disk(self, into: Path) -> Path:
-        """The run's disk, read back from the host into `into` (holes stay holes)."""
-        with open(into, "wb") as f:
+        """The run's disk, read back from the host into `into` (holes stay holes; only root reads it:
+        it holds the guest's memory dump and its secrets)."""
+        with os.fdopen(os.open(into, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             def data(_s, chunk, _o):
                 f.write(chunk)
                 return 0
@@ -210,10 +264,13 @@ class RunVolumes:
             def hole(_s, length, _o):
                 f.seek(length, os.SEEK_CUR)
                 return 0
-            stream = self.conn.newStream(0)
-            self.disk.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-            stream.sparseRecvAll(data, hole, None)
-            stream.finish()
+            try:
+                with _stream(self.conn) as stream:
+                    self.disk.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+                    stream.sparseRecvAll(data, hole, None)
+            except libvirt.libvirtError as exc:
+                raise HostError("teardown", f"reading the run's disk back from {host.uri_of(self.conn)}: "
+                                            f"{one_line(exc.get_error_message())}") from None
             f.truncate(f.tell())
         return into
 
@@ -225,14 +282,20 @@ class RunVolumes:
                 vol.delete(0)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise HostError("teardown", f"volume {vol.name()} stays on the host: {exc.get_error_message()}; "
-                                                "`lab clean --host URI` removes it") from None
+                    raise HostError("teardown", f"volume {vol.name()} stays on the host: "
+                                                f"{one_line(exc.get_error_message())}; `lab clean --host URI` "
+                                                "removes it") from None
+
+
+def _origin() -> str:
+    """This machine, in a volume's name: `lab clean` on another machine leaves the volumes of this one's runs."""
+    return hashlib.sha256(platform.node().encode()).hexdigest()[:8]
 
 
 def run_volumes(conn: libvirt.virConnect, remote: RemoteImage, run_id: str, fmt: str) -> RunVolumes:
     """The run's disk: an overlay on the image's volume, or a raw copy made by the host's libvirt."""
     storage = pool(conn)
-    base = f"{RUN_VOLUME}{os.getpid()}-{run_id}"   # the owner's pid: `lab clean` leaves a live run's volumes
+    base = f"{RUN_VOLUME}{_origin()}-{os.getpid()}-{run_id}"   # whose lab: `lab clean` leaves a live run's volumes
     try:
         if fmt == "qcow2":
             disk = _new_volume(storage, f"{base}-disk.qcow2", remote.virtual_size, "qcow2", backing=remote.disk)
@@ -242,22 +305,30 @@ def run_volumes(conn: libvirt.virConnect, remote: RemoteImage, run_id: str, fmt:
                                          f"{remote.virtual_size}</capacity><target><format type='raw'/>"
                                          "<permissions><mode>0600</mode></permissions></target></volume>", source, 0)
     except libvirt.libvirtError as exc:
-        raise HostError("storage", f"the run's disk on {host.uri_of(conn)}: {exc.get_error_message()}") from None
+        raise _failed(f"the run's disk on {host.uri_of(conn)}", exc) from None
     return RunVolumes(conn, disk, seed_name=f"{base}-seed.iso")
 
 
-def leftovers(conn: libvirt.virConnect) -> list[tuple[libvirt.virStorageVol, int | None]]:
-    """Volumes of the lab's pool that carry its mark, each with the pid of the run that made it (None: an image's)."""
+@dataclass(frozen=True)
+class Leftover:
+    volume: libvirt.virStorageVol
+    pid: int | None        # the lab process that made a run's volume; None for an image's
+    ours: bool             # made by a lab on this machine (a pid elsewhere means nothing here)
+
+
+def leftovers(conn: libvirt.virConnect) -> list[Leftover]:
+    """Volumes of the lab's pool that carry its mark (every volume there was made through libvirt, which
+    knows them: no pool refresh, which libvirt refuses while another run builds a volume)."""
     storage = pool(conn, create=False)
     if storage is None or not storage.isActive():
         return []
-    storage.refresh(0)
     found = []
     for vol in storage.listAllVolumes(0):
         name = vol.name()
         if name.startswith(RUN_VOLUME):
-            pid = name[len(RUN_VOLUME):].split("-", 1)[0]
-            found.append((vol, int(pid) if pid.isdigit() else None))
+            origin, _, rest = name[len(RUN_VOLUME):].partition("-")
+            pid = rest.split("-", 1)[0]
+            found.append(Leftover(vol, int(pid) if pid.isdigit() else None, origin == _origin()))
         elif name.startswith(IMAGE_VOLUME):
-            found.append((vol, None))
+            found.append(Leftover(vol, None, True))
     return found

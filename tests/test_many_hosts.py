@@ -73,7 +73,7 @@ def test_a_tie_goes_to_the_host_named_first_and_a_dropped_host_takes_no_more_run
     assert "dropped host qemu+ssh://a/system" in log.getvalue()
     assert spread.take(2048, cancel).uri == LOCAL
     spread.drop(spread.hosts[1], "gone too")
-    assert spread.take(2048, cancel) is None     # no host left: the batch says so for each run
+    assert spread.take(2048, cancel) is None     # no host left: the batch says so for each run (host: null)
 
 
 def test_an_unreachable_host_is_named_and_dropped_when_another_answers(described_hosts):
@@ -108,9 +108,10 @@ def test_a_failing_host_ends_its_run_as_a_host_error_and_the_runs_not_started_go
         if uri == flaky:
             if failure == "loses the connection":
                 del described_hosts[flaky]
-            why = ("domain: libvirt refused to start it" if failure == "refuses the domain"
-                   else "host: the libvirt connection closed: end of file from libvirtd")
-            return _Reported(verdict=None, cut_short={"by": "host", "why": why}, host={"uri": uri})
+            cut_short = ({"by": "host", "why": "domain: libvirt refused to start it", "refused": True}
+                         if failure == "refuses the domain" else
+                         {"by": "host", "why": "host: the libvirt connection closed: end of file from libvirtd"})
+            return _Reported(verdict=None, cut_short=cut_short, host={"uri": uri})
         return _Reported(verdict="hang", host={"uri": uri})
     monkeypatch.setattr(batch, "run", run)
     log = io.StringIO()
@@ -166,11 +167,63 @@ def test_a_file_reaches_a_remote_host_as_a_volume_checked_by_its_digest(sshd, tm
 
 
 @pytest.mark.libvirt
+def test_an_image_becomes_a_run_disk_on_the_host_and_comes_back_whole(sshd, tmp_path):
+    """A qcow2 image sent as a volume; the host makes a run's raw copy and a qcow2 overlay from it; each
+    reads back (sparse) into the same bytes the image holds."""
+    raw = tmp_path / "fs.raw"
+    with open(raw, "wb") as f:   # data, a hole, data: the read back must keep both
+        f.write(os.urandom(1 << 20))
+        f.seek(12 << 20)
+        f.write(b"end of the filesystem" * 1000)
+        f.truncate(16 << 20)
+    qcow2 = tmp_path / "image.qcow2"
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+    conn = host.connect(sshd.uri)
+    made = []
+    try:
+        base = storage.uploaded(conn, storage.pool(conn), qcow2, ".qcow2", fmt="qcow2", capacity=16 << 20)
+        made.append(base)
+        remote = storage.RemoteImage(base.path(), None, None, storage.digest(qcow2), 16 << 20)
+        for fmt in ("raw", "qcow2"):
+            vols = storage.run_volumes(conn, remote, f"test-{fmt}", fmt)
+            made.append(vols.disk)
+            assert vols.disk.name().startswith(f"{storage.RUN_VOLUME}{storage._origin()}-{os.getpid()}-test-{fmt}")
+            back = vols.fetch_disk(tmp_path / f"back.{fmt}")
+            assert back.stat().st_mode & 0o777 == 0o600
+            if fmt == "qcow2":   # an overlay: pointed at the image here, as a remote run's disk is
+                subprocess.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(qcow2), str(back)], check=True)
+            flat = tmp_path / f"flat-{fmt}.raw"
+            subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(back), str(flat)], check=True)
+            assert _sha256(str(flat)) == _sha256(str(raw))
+        assert os.stat(tmp_path / "back.raw").st_blocks * 512 < 8 << 20   # the hole stayed a hole
+    finally:
+        for vol in made:
+            vol.delete(0)
+        storage._checked.clear()
+        host.disconnect(conn)
+
+
+def test_a_run_no_host_would_take_has_no_host_in_its_report(described_hosts, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None, kernel="": None)
+    described_hosts[LOCAL] = (2, 16384)
+
+    def run(scenario, results, log, snapshot=False, uri=None):
+        del described_hosts[LOCAL]
+        raise host.Unreachable("host", f"libvirt unreachable at {uri}: gone")
+    monkeypatch.setattr(batch, "run", run)
+    reports = batch.run_many([BASE_SCENARIOS["panic-hang"]], tmp_path, 1, log=io.StringIO(), hosts=[LOCAL])
+    assert reports[0]["error"].startswith("no host left") and reports[0]["host"] is None
+
+
+@pytest.mark.libvirt
 def test_lab_clean_on_a_remote_host_takes_only_marked_volumes_whose_lab_is_gone(sshd):
     conn = host.connect(sshd.uri)
     pool = storage.pool(conn)
     dead = _a_dead_pid()
-    names = {"gone": f"{storage.RUN_VOLUME}{dead}-r1-disk.qcow2", "live": f"{storage.RUN_VOLUME}{os.getpid()}-r2-disk.qcow2",
+    ours = f"{storage.RUN_VOLUME}{storage._origin()}"
+    names = {"gone": f"{ours}-{dead}-r1-disk.qcow2", "live": f"{ours}-{os.getpid()}-r2-disk.qcow2",
+             "elsewhere": f"{storage.RUN_VOLUME}0badc0de-{dead}-r3-disk.qcow2",   # another machine's lab
              "user": "not-the-labs.qcow2"}
     try:
         for name in names.values():
@@ -179,9 +232,9 @@ def test_lab_clean_on_a_remote_host_takes_only_marked_volumes_whose_lab_is_gone(
         assert cleaned.returncode == 0, cleaned.stderr
         assert f"removed volume {names['gone']}" in cleaned.stdout
         assert f"left volume {names['live']}: its lab run (pid {os.getpid()}) is still going" in cleaned.stdout
-        pool.refresh(0)
+        assert f"left volume {names['elsewhere']}: a lab on another machine made it" in cleaned.stdout
         left = {v.name() for v in pool.listAllVolumes(0)}
-        assert names["gone"] not in left and {names["live"], names["user"]} <= left
+        assert names["gone"] not in left and {names["live"], names["elsewhere"], names["user"]} <= left
     finally:
         for name in names.values():
             try:
