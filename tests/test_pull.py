@@ -188,7 +188,9 @@ def test_a_pull_that_gets_nothing_is_one_line_and_lab_clean_removes_its_folder(s
     assert p.returncode == 2 and err.count("\n") == 1 and "HTTP 404" in err, err
     folder = tmp_path / "cache" / "cloud" / "local"
     assert list(folder.iterdir()) == []
-    env = dict(os.environ, LAB_CATALOG=str(tmp_path / "catalog.toml"), LAB_CACHE_DIR=str(tmp_path / "cache"))
+    # libvirt's in-process test driver and a scratch of the test's own: no libvirtd needed, nothing real touched.
+    env = dict(os.environ, LAB_CATALOG=str(tmp_path / "catalog.toml"), LAB_CACHE_DIR=str(tmp_path / "cache"),
+               LAB_URI="test:///default", LAB_WORK_DIR=str(tmp_path / "work"))
     cleaned = run_lab("clean", env=env, text=True)
     assert f"removed empty image folder {folder}" in cleaned.stdout, cleaned.stdout + cleaned.stderr
     assert not folder.exists()
