@@ -87,6 +87,17 @@ def _tidy(text: str) -> tuple[str, float | None]:
 # boot, so none of them is dropped.
 RUN_KEEP = 3
 NOT_COMPACTED = frozenset({G.PANIC, G.KERNEL_BANNER, G.FIRMWARE})
+# Panics in a row with nothing between are the exception: from the third on, each is a cycle of its own
+# (a boot of its own, with kdump no longer loaded), so the middle ones differ in nothing but their line.
+# The first PANICS_KEPT are kept (the first two may be a capture kernel's, not cycles; then the three
+# cycles a verdict shows), and the last two (the final cycle and the panic before it); the others are
+# counted (Events.folded), and the verdict counts them among its omitted cycles.
+PANICS_KEPT = 5
+
+
+class Events(list):
+    """A reader's events, with how many panics in a row were folded away (compact only)."""
+    folded = 0
 
 
 class Reader:
@@ -109,7 +120,7 @@ class Reader:
         self._pending = b""
         self._prompt_fired_on = 0
         self.lines = 0            # complete lines read so far
-        self.events: list[Event] = []
+        self.events = Events()
         self.clock = clock
 
     def feed(self, data: bytes | str, t: float | None = None) -> list[Event]:
@@ -154,6 +165,15 @@ class Reader:
     def _keep(self, new: list[Event]) -> None:
         events = self.events
         for e in new:
+            if e.kind == G.PANIC and events and events[-1].kind == G.PANIC:
+                self._run += 1
+                if self._run > PANICS_KEPT + 2:
+                    events[-2] = events[-1]   # the latest two stay: the one before becomes a counted one
+                    events[-1] = e
+                    events.folded += 1
+                    continue
+                events.append(e)
+                continue
             if events and e.kind == events[-1].kind and e.kind not in NOT_COMPACTED:
                 self._run += 1
                 if self._run > RUN_KEEP + 1:

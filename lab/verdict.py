@@ -179,7 +179,8 @@ def derive(events: list[Event]) -> Verdict:
         return _cycle(events, flags, start, end, before[start])
     final = cycle(len(starts) - 1)
     final.earlier = [cycle(n) for n in range(min(EARLIER_SHOWN, len(starts) - 1))]
-    final.earlier_omitted = len(starts) - 1 - len(final.earlier)
+    # A compacting reader counted the panics in a row it folded away (transcript.PANICS_KEPT): cycles too.
+    final.earlier_omitted = len(starts) - 1 - len(final.earlier) + getattr(events, "folded", 0)
     return final
 
 

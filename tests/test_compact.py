@@ -6,7 +6,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.transcript import RUN_KEEP, Reader, read
+from lab.transcript import PANICS_KEPT, RUN_KEEP, Reader, read
 from lab.verdict import classify, derive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ LINES = [
 
 
 @settings(max_examples=150, deadline=None, database=None)
-@given(st.lists(st.tuples(st.sampled_from(LINES), st.integers(min_value=1, max_value=3 * RUN_KEEP)),
+@given(st.lists(st.tuples(st.sampled_from(LINES), st.integers(min_value=1, max_value=4 * RUN_KEEP)),
                 min_size=1, max_size=25))
 def test_runs_of_any_marker_give_the_same_verdict_compacted(runs):
     same_verdict(b"".join(line + b"\n" for line, times in runs for _ in range(times)))
@@ -68,3 +68,16 @@ def test_a_repeated_marker_line_keeps_a_bounded_list():
     reader.close()
     assert reader.lines == 50_000 and len(reader.events) == RUN_KEEP + 1
     assert classify(b"Rebooting in 5 seconds..\n" * 5000).verdict == "unknown"   # no panic in it
+
+
+def test_panics_in_a_row_keep_a_bounded_list_and_count_as_cycles():
+    boot = (b"Linux version 6.1.0-13-amd64 (debian-kernel@lists.debian.org) (gcc-12)\n"
+            b"kdump-tools[600]: Starting kdump-tools: loaded kdump kernel.\n")
+    log = boot + b"Kernel panic - not syncing: sysrq triggered crash\n" * 5000
+    reader = Reader(compact=True)
+    reader.feed(log)
+    reader.close()
+    assert len(reader.events) == 2 + PANICS_KEPT + 2 and reader.events.folded == 5000 - PANICS_KEPT - 2
+    compacted, full = derive(reader.events), derive(read(log))
+    assert compacted.to_json() == full.to_json()
+    assert full.earlier_omitted > 4990   # every cycle is still counted
