@@ -108,7 +108,7 @@ def _volumes(conn: libvirt.virConnect, c: _Cleaner, images: bool) -> None:
             left.volume.delete(0)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                c.done.append(f"left volume {name}: {storage.one_line(exc.get_error_message())}")
+                c.done.append(f"left volume {name}: {host.one_line(exc.get_error_message())}")
                 continue
         c.done.append(f"removed volume {name} on {where}")
 

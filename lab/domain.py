@@ -118,16 +118,12 @@ class Domain:
         self.overlay = disk
 
     def remove_volumes(self) -> list[str]:
-        """The run's volumes on a remote host, deleted; the names of those left there (the host is gone)."""
+        """The run's volumes on a remote host, deleted; the names of those left there."""
         if self.volumes is None:
             return []
         if host.lost(self.conn) or not self._alive():
             return self.volumes.names()   # `lab clean --host` takes them once the host answers again
-        try:
-            self.volumes.delete()
-        except HostError:
-            return [n for n in self.volumes.names() if n]   # the host went away half-way
-        return []
+        return self.volumes.delete()
 
     def check_disk(self, shut_down_cleanly: bool) -> dict:
         """fsck the guest's filesystem from the host, read-only, once the domain is gone."""

@@ -187,8 +187,8 @@ class Lifecycle:
         left = self.dom.remove_volumes()
         if left:
             self.facts["volumes_left"] = left
-            self.say(f"the host dropped the connection: volumes {', '.join(left)} stay on {self.dom.uri} "
-                     "until `lab clean --host URI` reaches it")
+            self.say(f"volumes {', '.join(left)} stay on {self.dom.uri} until `lab clean --host URI` "
+                     "takes them (the host is gone, or refused to delete them)")
 
     def _host_checks_disk(self) -> bool:
         """Whether a check after the run reads the guest's disk: the vmcore's (a capture kernel ran) or

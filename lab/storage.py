@@ -47,11 +47,8 @@ def _hint(uri: str) -> str:
             f"virsh -c '{uri}' pool-build {name} && virsh -c '{uri}' pool-start {name}`, or name one in LAB_POOL")
 
 
-Refused, one_line = host.Refused, host.one_line
-
-
-def _failed(what: str, exc: libvirt.libvirtError) -> Refused:
-    return Refused("storage", f"{what}: {one_line(exc.get_error_message() or str(exc))}")
+def _failed(what: str, exc: libvirt.libvirtError) -> host.Refused:
+    return host.Refused("storage", f"{what}: {host.one_line(exc.get_error_message() or str(exc))}")
 
 
 _guard = threading.Lock()
@@ -79,8 +76,8 @@ def pool(conn: libvirt.virConnect, create: bool = True) -> libvirt.virStoragePoo
                 found.create(0)
             except libvirt.libvirtError as exc:
                 if not found.isActive():   # another lab may have started it meanwhile
-                    raise Refused("storage", f"storage pool {name!r} on {uri} does not start: "
-                                             f"{one_line(exc.get_error_message())}; {_hint(uri)}") from None
+                    raise host.Refused("storage", f"storage pool {name!r} on {uri} does not start: "
+                                             f"{host.one_line(exc.get_error_message())}; {_hint(uri)}") from None
         return found
 
 
@@ -92,14 +89,14 @@ def _define(conn: libvirt.virConnect, name: str, uri: str) -> libvirt.virStorage
         try:
             return conn.storagePoolLookupByName(name)   # another lab defined it meanwhile
         except libvirt.libvirtError:
-            raise Refused("storage", f"{uri} has no storage pool {name!r} and refused one: "
-                                     f"{one_line(exc.get_error_message())}; {_hint(uri)}") from None
+            raise host.Refused("storage", f"{uri} has no storage pool {name!r} and refused one: "
+                                     f"{host.one_line(exc.get_error_message())}; {_hint(uri)}") from None
     try:
         made.build(0)
     except libvirt.libvirtError as exc:
         made.undefine()   # or the hint's pool-define-as would find it there
-        raise Refused("storage", f"{uri} has no storage pool {name!r} and refused one: "
-                                 f"{one_line(exc.get_error_message())}; {_hint(uri)}") from None
+        raise host.Refused("storage", f"{uri} has no storage pool {name!r} and refused one: "
+                                 f"{host.one_line(exc.get_error_message())}; {_hint(uri)}") from None
     return made
 
 
@@ -196,7 +193,7 @@ def uploaded(conn: libvirt.virConnect, storage: libvirt.virStoragePool, path: Pa
                     raise
                 if got != want:
                     vol.delete(0)
-                    raise Refused("storage", f"volume {name} on {uri} reads back as sha256 {got[:16]}…, "
+                    raise host.Refused("storage", f"volume {name} on {uri} reads back as sha256 {got[:16]}…, "
                                              f"not {want[:16]}…: the upload was damaged")
         except libvirt.libvirtError as exc:
             raise _failed(f"sending {path.name} to {uri}", exc) from None
@@ -217,7 +214,7 @@ class RemoteImage:
 def stage_image(conn: libvirt.virConnect, image: Image, say=lambda _m: None) -> RemoteImage:
     info = subprocess.run(["qemu-img", "info", "--output=json", str(image.disk)], capture_output=True, text=True)
     if info.returncode != 0:
-        raise HostError("image", f"qemu-img info {image.disk}: {one_line(info.stderr)[:200]}")
+        raise HostError("image", f"qemu-img info {image.disk}: {host.one_line(info.stderr)[:200]}")
     virtual_size = json.loads(info.stdout)["virtual-size"]
     storage = pool(conn)
     where = {"disk": uploaded(conn, storage, image.disk, ".qcow2", say, fmt="qcow2", capacity=virtual_size).path()}
@@ -247,7 +244,7 @@ class RunVolumes:
         except libvirt.libvirtError as exc:
             raise _failed(f"the run's seed on {host.uri_of(self.conn)}", exc) from None
         if self.seed.path() != self.seed_path:
-            raise Refused("storage", f"pool {pool_name()!r} put the seed at {self.seed.path()}, not beside the disk: "
+            raise host.Refused("storage", f"pool {pool_name()!r} put the seed at {self.seed.path()}, not beside the disk: "
                                      "the lab needs a directory pool")
 
     def names(self) -> list[str]:
@@ -270,11 +267,13 @@ class RunVolumes:
                     stream.sparseRecvAll(data, hole, None)
             except libvirt.libvirtError as exc:
                 raise HostError("teardown", f"reading the run's disk back from {host.uri_of(self.conn)}: "
-                                            f"{one_line(exc.get_error_message())}") from None
+                                            f"{host.one_line(exc.get_error_message())}") from None
             f.truncate(f.tell())
         return into
 
-    def delete(self) -> None:
+    def delete(self) -> list[str]:
+        """Delete the run's volumes; the names of those the host kept (it refused, or is gone)."""
+        left = []
         for vol in (self.disk, self.seed):
             if vol is None:
                 continue
@@ -282,9 +281,8 @@ class RunVolumes:
                 vol.delete(0)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise HostError("teardown", f"volume {vol.name()} stays on the host: "
-                                                f"{one_line(exc.get_error_message())}; `lab clean --host URI` "
-                                                "removes it") from None
+                    left.append(vol.name())
+        return left
 
 
 def _origin() -> str:
