@@ -18,15 +18,19 @@ from .runner import run
 from .scenario import Scenario
 
 
-def default_parallel(scenarios: list[Scenario]) -> int:
-    """One run per core, as many as the free memory holds. Measured (make bench, TCG, 2 cores, panic-reboot
+def default_parallel(scenarios: list[Scenario], placement: Placement | None = None) -> int:
+    """One run per core, as many as the free memory holds: this machine's, or, over several hosts, their
+    room added up as each one's libvirt reports it. Measured (make bench, TCG, 2 cores, panic-reboot
     batches): 1 at once 0.61 runs/min, 2 at once 1.08, 3 at once about 1.0 with every run ~60 % slower
     (and nearer its stage deadlines): a run under TCG keeps a core busy, so more runs than cores only queue."""
     need = max(budget.HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios)
-    return max(1, min(os.cpu_count() or 1, budget.available_mib() // need, sum(s.repeat for s in scenarios)))
+    runs = sum(s.repeat for s in scenarios)
+    if placement:
+        return max(1, min(placement.capacity(need), runs))
+    return max(1, min(os.cpu_count() or 1, budget.available_mib() // need, runs))
 
 
-def run_many(scenarios: list[Scenario], results: Path, parallel: int | None, log=sys.stderr, snapshot: bool = False,
+def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr, snapshot: bool = False,
              hosts: list[str] | Placement | None = None) -> list[dict]:
     """Every repeat of every scenario, `parallel` at a time. Returns one report per run, in order, as
     report.json has it (the invocation's summary, junit.xml and report.html are made from that).
@@ -50,33 +54,29 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int | None, log
             chosen = placement.take(need, CANCEL)
             if chosen is None:
                 return ErrorReport(scenario, "host", "no host left: every host given was dropped").to_json()
-            refused = None
+            drop_why, suspect = None, False   # why the host takes no more runs; or whether to measure it anew
             try:
                 report = on_host(scenario, chosen.uri, need)
                 cut_short = report.get("cut_short") or {}
-                if cut_short.get("refused"):
-                    refused = cut_short["why"]
-                elif cut_short.get("by") == "host":
-                    placement.check(chosen)   # lost mid-run: a host that no longer answers takes no more runs
+                drop_why = cut_short["why"] if cut_short.get("refused") else None
+                suspect = cut_short.get("by") == "host"   # lost mid-run? measured anew
                 return report
             except host.Unreachable as exc:   # nothing of this run started there: it goes elsewhere
-                placement.drop(chosen, exc.message)
+                drop_why = exc.message
                 continue
             except host.Refused as exc:
-                refused = str(exc)
+                drop_why = str(exc)
                 return failed(scenario, exc, chosen.uri)
             except HostError as exc:
-                placement.check(chosen)
+                suspect = True
                 return failed(scenario, exc, chosen.uri)
             except LabError as exc:   # the run's own (an image, the input): the host is not to blame
                 return failed(scenario, exc, chosen.uri)
             except Exception as exc:   # libvirt, the OS: this run's error
-                placement.check(chosen)
+                suspect = True
                 return failed(scenario, HostError("host", f"{type(exc).__name__}: {exc}"), chosen.uri)
             finally:
-                if refused:   # dropped before its room is given back: no waiting run may go there
-                    placement.drop(chosen, refused)
-                placement.give_back(chosen, need)
+                placement.give_back(chosen, need, drop_why, suspect)
 
     def on_host(scenario: Scenario, uri: str, need: int) -> dict:
         if host.is_remote(uri):
@@ -101,11 +101,6 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int | None, log
                 error = exc if isinstance(exc, LabError) else HostError("host", f"{type(exc).__name__}: {exc}")
                 log.write(f"lab: {scenario.name}: {error}\n")
                 return ErrorReport(scenario, error.stage, str(error), host_uri=host.uri()).to_json()
-    if placement and not parallel:
-        parallel = min(placement.capacity(max(budget.HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios)),
-                       len(runs))
-    elif not parallel:
-        parallel = default_parallel(scenarios)
     if parallel <= 1:
         return [one(s) for s in runs]
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lab-run")

@@ -59,7 +59,7 @@ def _cmd_run(args) -> int:
     import uuid
     scenarios = _scenarios(args)   # everything is validated before anything is created
     hosts = _hosts(args)
-    from . import batch, budget, host, image, results   # after: a refused scenario is answered without them
+    from . import batch, host, image, results   # after: a refused scenario is answered without them
     if args.parallel is not None and not 1 <= args.parallel <= 16:
         raise LabError("run", f"--parallel {args.parallel} is outside 1..16")
     root = Path(args.results) if args.results else paths.results_dir()
@@ -75,11 +75,9 @@ def _cmd_run(args) -> int:
     if hosts:
         from .placement import Placement
         hosts = Placement.open(hosts, sys.stderr)
-        need = max(budget.HOST_MIB_PER_GUEST_MIB * s.memory_mib for s in scenarios)
-        parallel = args.parallel or min(hosts.capacity(need), sum(s.repeat for s in scenarios))
     else:
         host.disconnect(host.connect())
-        parallel = args.parallel or batch.default_parallel(scenarios)
+    parallel = args.parallel or batch.default_parallel(scenarios, hosts)
     folder = root / f"lab-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     try:
         folder.mkdir(parents=True)

@@ -91,29 +91,28 @@ class Placement:
                     return best
                 self._changed.wait(1.0)
 
-    def give_back(self, chosen: Host, need_mib: int) -> None:
+    def give_back(self, chosen: Host, need_mib: int, drop_why: str | None = None, suspect: bool = False) -> None:
+        """A run on `chosen` ended. A host with `drop_why` (it refused the run, or did not answer) is dropped
+        before its room is freed, so no waiting run goes there; one that holds nothing more, or whose run ended in a host error (`suspect`),
+        is measured anew, and dropped if it no longer answers."""
         with self._changed:
+            if drop_why:
+                self._drop(chosen, drop_why)
             chosen.running -= 1
             chosen.held_mib -= need_mib
-            idle = chosen.running == 0 and not chosen.down
+            measure = (chosen.running == 0 or suspect) and not chosen.down
             self._changed.notify_all()
-        if idle:   # measured anew while the batch holds nothing there, outside the lock (a network call)
-            try:
-                measured = _measure(chosen.uri)
-            except HostError as exc:
-                self.drop(chosen, exc.message)
-                return
-            with self._changed:
-                if chosen.running == 0:
-                    chosen.cores, chosen.free_mib = measured
-                self._changed.notify_all()
-
-    def check(self, chosen: Host) -> None:
-        """After a run on `chosen` ended in a host error: drop the host if it no longer answers."""
-        try:
-            _measure(chosen.uri)
+        if not measure:
+            return
+        try:   # outside the lock: a network call
+            measured = _measure(chosen.uri)
         except HostError as exc:
             self.drop(chosen, exc.message)
+            return
+        with self._changed:
+            if chosen.running == 0:   # its free memory, as it is with no run of this batch there
+                chosen.cores, chosen.free_mib = measured
+            self._changed.notify_all()
 
     def drop(self, chosen: Host, why: str) -> None:
         with self._changed:
