@@ -190,26 +190,27 @@ class Lifecycle:
             self.say(f"volumes {', '.join(left)} stay on {self.dom.uri} until `lab clean --host URI` "
                      "takes them (the host is gone, or refused to delete them)")
 
-    def _host_checks_disk(self) -> bool:
-        """Whether a check after the run reads the guest's disk: the vmcore's (a capture kernel ran) or
-        the filesystem's (a clean shutdown); only then does a remote run's disk come back."""
+    def _dump_to_check(self) -> Verdict | None:
+        """The run's verdict if its disk may hold a dump (a capture kernel ran, or the verdict is dump);
+        None if not, or if the run was interrupted or cut short (the user is waiting)."""
         if not self.followed:
-            return False
+            return None
         verdict = derive(self.transcript.events())
-        raw = self.dom.volumes.disk.name().endswith(".raw")   # e2fsck reads only a bare raw filesystem
-        return (raw and self.shut_down_cleanly) or verdict.verdict == Outcome.DUMP or \
-            any(s.name == Stage.CAPTURE_KERNEL_BOOTED for s in verdict.stages)
+        captured = any(s.name == Stage.CAPTURE_KERNEL_BOOTED for s in verdict.stages)
+        return verdict if captured or verdict.verdict == Outcome.DUMP else None
+
+    def _host_checks_disk(self) -> bool:
+        """Whether a check after the run reads the guest's disk: the vmcore's, or the filesystem's (a clean
+        shutdown; e2fsck reads only a bare raw one); only then does a remote run's disk come back."""
+        raw = self.dom.volumes.disk.name().endswith(".raw")
+        return (raw and self.shut_down_cleanly) or self._dump_to_check() is not None
 
     def _check_vmcore(self) -> None:
         """Once the domain has stopped: the dump, read from its disk on the host (lab/vmcore.py)."""
-        if not self.followed:
-            return   # interrupted or cut short: nothing to check, and the user is waiting
-        events = self.transcript.events()
-        verdict = derive(events)
-        captured = any(s.name == Stage.CAPTURE_KERNEL_BOOTED for s in verdict.stages)
-        if self.dom.overlay is None or not self.dom.overlay.exists() or not (captured or verdict.verdict == Outcome.DUMP):
+        verdict = self._dump_to_check()
+        if verdict is None or self.dom.overlay is None or not self.dom.overlay.exists():
             return
-        panics = [e for e in events if e.kind == GuestEvent.PANIC]
+        panics = [e for e in self.transcript.events() if e.kind == GuestEvent.PANIC]
         console_panic = vmcore_mod.PANIC_TEXT.search(panics[0].text).group(0).strip() if panics else ""
         self.say("reading the vmcore from the guest's disk on the host")
         with self.timeout.step("vmcore"):
