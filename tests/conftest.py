@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,16 @@ def run_lab(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPr
     kw.setdefault("capture_output", True)
     kw.setdefault("timeout", 900)
     return subprocess.run(lab_command(*args), cwd=ROOT, env={**os.environ, **(env or {})}, **kw)
+
+
+def wait_until(check, seconds: float, every: float = 0.5):
+    """check()'s first truthy answer within `seconds`, asked every `every` seconds; None if it never came."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got or time.monotonic() > deadline:
+            return got or None
+        time.sleep(every)
 
 
 def spawn_lab(*args: str, env: dict, **kw) -> subprocess.Popen:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_lab, spawn_lab
+from conftest import ROOT, run_lab, spawn_lab, wait_until
 from lab import host, paths
 
 pytestmark = pytest.mark.live
@@ -142,7 +142,7 @@ def test_killed_lab_leaves_nothing_behind(stage, sig, tmp_path, fresh_cache, req
         assert _state(cache, tmp_path / "tmp") == before, "the lab left something behind without `lab clean`"
     else:   # libvirt destroys a started domain when the killed lab's connection closes (autodestroy); a
         # restored one (libvirt's restore has no such flag) is destroyed by the lab's watcher (lab/reaper.py)
-        assert _eventually(lambda: _state(cache, tmp_path / "tmp")["domains"] == before["domains"]), "a domain outlived kill -9"
+        assert wait_until(lambda: _state(cache, tmp_path / "tmp")["domains"] == before["domains"], 15), "a domain outlived kill -9"
     cleaned = run_lab("clean", env=env, text=True, timeout=120)
     assert cleaned.returncode == 0, cleaned.stderr
     assert _state(cache, tmp_path / "tmp") == before, cleaned.stdout
@@ -171,13 +171,6 @@ def test_a_stopped_benchmark_leaves_nothing_behind(tmp_path):
     assert not (tmp_path / "bench.json").exists()
 
 
-def _eventually(check, seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 def test_a_second_ctrl_c_does_not_cut_the_cleanup_short(tmp_path):

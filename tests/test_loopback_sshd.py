@@ -2,12 +2,12 @@
 cuts the connection as a vanished host would, leaving no process and no file behind."""
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from conftest import wait_until
 from lab import host
 from loopback_sshd import LoopbackSshd
 
@@ -38,13 +38,6 @@ def _libvirtd_client_pids() -> set[int]:
     return pids
 
 
-def _wait(condition, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.mark.libvirt
@@ -71,12 +64,12 @@ def test_libvirtd_over_loopback_ssh_and_the_dropped_host():
             assert helpers & _libvirtd_client_pids(), "libvirtd does not see the ssh connection as a client"
 
             sshd.drop()
-            assert _wait(lambda: host.lost(conn) is not None), "the close callback never fired"
+            assert wait_until(lambda: host.lost(conn) is not None, 5, 0.02), "the close callback never fired"
             assert host.lost(conn) == host.CLOSE_REASONS[1]   # end of file: at once, not a keepalive timeout
             with pytest.raises(libvirt.libvirtError):
                 conn.getHostname()
             assert not [pid for pid in ours if _alive(pid)]
-            assert _wait(lambda: not helpers & _libvirtd_client_pids()), "libvirtd still holds the client"
+            assert wait_until(lambda: not helpers & _libvirtd_client_pids(), 5, 0.02), "libvirtd still holds the client"
         finally:
             host.disconnect(conn)
             host.disconnect(local)

@@ -20,7 +20,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from conftest import run_lab, spawn_lab
+from conftest import run_lab, spawn_lab, wait_until
 from lab import batch, host, image, kept, paths, placement, storage
 from lab.scenario import BASE_SCENARIOS
 from loopback_sshd import LoopbackSshd
@@ -280,14 +280,6 @@ def _remote_domain(local: libvirt.virConnect) -> libvirt.virDomain | None:
     return None
 
 
-def _wait(what: str, seconds: float, found):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        got = found()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} within {seconds:.0f} s")
 
 
 @pytest.mark.live
@@ -300,7 +292,8 @@ def test_a_host_that_drops_mid_matrix_ends_its_run_as_a_host_error_and_the_rest_
                     str(tmp_path), "--host", sshd.uri, "--host", LOCAL, env=dict(os.environ),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        dom = _wait("domain on the ssh host", 300, lambda: _remote_domain(local))
+        dom = wait_until(lambda: _remote_domain(local), 300)
+        assert dom, "no domain on the ssh host within 300 s"
         run_id, _owner = kept.lab_run(dom)
         tree = ET.fromstring(dom.XMLDesc())
         disks = [d.find("source").get("file") for d in tree.iter("disk")]
@@ -315,8 +308,8 @@ def test_a_host_that_drops_mid_matrix_ends_its_run_as_a_host_error_and_the_rest_
         assert backing == chain[0]
         assert _sha256(backing) == _sha256(str(image.ensure(image.DEFAULT).disk))   # the image, as uploaded
         console = lambda: next(tmp_path.glob(f"lab-*/{run_id}/console.log"), None)  # noqa: E731
-        _wait("kernel banner from the ssh host's console", 300,
-              lambda: console() and b"Linux version" in console().read_bytes())
+        assert wait_until(lambda: console() and b"Linux version" in console().read_bytes(), 300), \
+            "no kernel banner from the ssh host's console within 300 s"
         sshd.drop()   # the host vanishes while its guest boots
         out, err = lab.communicate(timeout=900)
     finally:
