@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from urllib.parse import urlsplit
 
 import libvirt
 
 from .errors import HostError
+from .hosts_option import is_remote
 
 DEFAULT_URI = "qemu:///system"
 _loop_started = False
@@ -21,12 +21,6 @@ def _quiet(_ctx, _err) -> None:
 
 def uri() -> str:
     return os.environ.get("LAB_URI") or DEFAULT_URI
-
-
-def is_remote(target: str) -> bool:
-    """A URI that names a host (even 127.0.0.1 over ssh) shares no filesystem with the lab: its images and
-    disks travel as storage volumes (lab/storage.py). qemu:///system names none."""
-    return bool(urlsplit(target).hostname)
 
 
 def uri_of(conn: libvirt.virConnect) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
 
 from .errors import InputError, shown
 
@@ -14,6 +15,12 @@ ENV = "LAB_HOSTS"
 URI = re.compile(r"(qemu|test)(\+[a-z0-9]+)?://[^/\s\x00-\x1f\x7f]*/[^\s\x00-\x1f\x7f]*")
 EXAMPLE = "expected a libvirt URI such as qemu:///system or qemu+ssh://root@host/system"
 SHORT_MAX = 40   # characters of a URI in the results table
+
+
+def is_remote(uri: str) -> bool:
+    """A URI that names a host (even 127.0.0.1 over ssh) shares no filesystem with the lab: its images and
+    disks travel as storage volumes (lab/storage.py). qemu:///system names none."""
+    return bool(urlsplit(uri).hostname)
 
 
 def checked_uri(uri: object, where: str) -> str:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from . import paths
 from .errors import HostError
+from .hosts_option import is_remote
 from .verdict import Verdict
 from .vocabulary import GuestEvent, HostEvent, Stage
 
@@ -193,8 +194,9 @@ class ErrorReport:
 
 def _host_facts(uri: str) -> dict:
     """Which machine ran the guest: a remote URI's host (its kernel is not ours to read), or this one."""
-    remote = urlsplit(uri).hostname
-    return {"uri": uri, "machine": remote or platform.node(), "kernel": None if remote else platform.release()}
+    if is_remote(uri):
+        return {"uri": uri, "machine": urlsplit(uri).hostname, "kernel": None}
+    return {"uri": uri, "machine": platform.node(), "kernel": platform.release()}
 
 
 def build(*, uri, run_id, scenario, accel, image, verdict: Verdict, facts, transcript, artifacts: Path,
