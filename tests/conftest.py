@@ -23,6 +23,18 @@ sys.path.insert(0, str(ROOT))
 CORPUS = Path(os.environ.get("LAB_CORPUS") or ROOT.parent / "shared" / "corpus")
 TRANSCRIPTS = ROOT / "tests" / "transcripts"
 TIERS = {"libvirt": 1, "live": 2}
+# The live tier's order (node id prefixes; the rest after them, in file order). The published image's run
+# boots one guest for about five minutes in the background: it starts first, goes on beside the tests
+# that boot one guest at a time and the live batch (which leave a core idle, or share it), and is checked
+# after them. After that check no other guest runs: test_faults compares the host's domains and processes
+# before and after each killed run, and side_by_side starts three guests at once.
+LIVE_ORDER = (
+    "tests/test_published_image.py::test_a_published_image_not_in_the_cache_is_pulled_once_and_verified",
+    "tests/test_many_hosts.py",
+    "tests/test_snapshot.py",
+    "tests/test_keep.py", "tests/test_live.py", "tests/test_releases.py",   # the live batch (lab_run)
+    "tests/test_published_image.py::test_run_boots_a_published_image_through_its_own_grub_and_dumps",
+)
 
 
 def lab_command(*args: str) -> list[str]:
@@ -76,7 +88,10 @@ def pytest_collection_modifyitems(config, items):
     # The fast tiers first, so a broken classifier fails in seconds, not after the guests.
     def tier(item):
         return max((rank for name, rank in TIERS.items() if item.get_closest_marker(name)), default=0)
-    items.sort(key=tier)
+
+    def place_in_live_tier(item):
+        return next((n for n, prefix in enumerate(LIVE_ORDER) if item.nodeid.startswith(prefix)), len(LIVE_ORDER))
+    items.sort(key=lambda item: (tier(item), place_in_live_tier(item) if tier(item) == TIERS["live"] else 0))
     if not config.getoption("--all-scenarios"):
         _keep_representative_scenarios(config, items)
 
