@@ -95,9 +95,61 @@ NOT_COMPACTED = frozenset({G.PANIC, G.KERNEL_BANNER, G.FIRMWARE})
 PANICS_KEPT = 5
 
 
+# Cycles that repeat one another are folded too: a cycle here runs from one panic to the next, and two
+# are alike when they carry the same events (kind and text, and for a wrapped command line its distance
+# from the last command line). Of a run of alike cycles the first CYCLES_KEPT and the last two are kept;
+# the one before the latest stands for those folded between. Why those: the first two of a run may be
+# read in another light than the rest (whether a boot is a capture kernel's carries over from the cycles
+# before the run for up to two cycles); from the third on each is read as its like. The verdict shows
+# the first three crashes in full, reads at most the first three and the last of a kind, and a cycle's
+# boot may have begun in the cycle before it.
+CYCLES_KEPT = 5
+
+
 class Events(list):
-    """A reader's events, with how many panics in a row were folded away (compact only)."""
+    """A reader's events, with how many panics in a row were folded away (compact only), and for each
+    kept cycle that stands for folded ones like it, how many (keyed by id() of its first event)."""
     folded = 0
+
+    def __init__(self):
+        super().__init__()
+        self.like: dict[int, int] = {}
+
+
+def folded_crashes(events: list[Event], starts: list[int]) -> int:
+    """The crashes a compacting reader folded away: each panic in a row counted, and for each cycle
+    that stands for folded ones like it (from its panic to the next), as many crash starts as it holds.
+    `starts`: where the kept crashes start (verdict.crash_starts)."""
+    total, like = getattr(events, "folded", 0), getattr(events, "like", None)
+    if like:
+        at = set(starts)
+        for i, e in enumerate(events):
+            if id(e) in like:
+                end = next((j for j in range(i + 1, len(events)) if events[j].kind == G.PANIC), len(events))
+                total += like[id(e)] * sum(1 for j in range(i, end) if j in at)
+    return total
+
+
+def _alike(events: list[Event], first: int, second: int, end: int, near: dict[int, int]) -> bool:
+    """events[first:second] and events[second:end] (of one length) carry the same events; `near`: for a
+    wrapped command line, its distance from the last command line (verdict.capture_boots reads it)."""
+    for i in range(second - first):
+        x, y = events[first + i], events[second + i]
+        if x.kind != y.kind or x.text != y.text or near.get(id(x)) != near.get(id(y)):
+            return False
+    return True
+
+
+def _leans_on_cycle_before(events: list[Event], start: int, end: int, near: dict[int, int]) -> bool:
+    """Does a wrapped command line in events[start:end] count only through a command line in the cycle
+    before? Then that cycle must stay: the verdict measures the distance on the lines kept."""
+    own_cmdline = False
+    for e in events[start:end]:
+        if e.kind == G.KERNEL_CMDLINE:
+            own_cmdline = True
+        elif e.kind == G.CMDLINE_WRAPPED and not own_cmdline and near.get(id(e), M.WRAP_LINES + 1) <= M.WRAP_LINES:
+            return True
+    return False
 
 
 class Reader:
@@ -113,6 +165,10 @@ class Reader:
         self.table = list(table)
         self.compact = compact
         self._run = 0   # events of the last kept event's kind in a row
+        self._cycles: list[int] = []   # where the last three kept cycles start in self.events
+        self._alike_run = 0            # kept and folded cycles in a row alike, the last one included
+        self._cmdline_line = None
+        self._near: dict[int, int] = {}   # id of a kept wrapped command line -> lines from the last command line
         self.prompts = [m for m in self.table if m.prompt]
         # Most console lines match no marker at all: one Hyperscan pass over each block finds the few that
         # may, and which markers to try on them; only those lines are decoded and matched.
@@ -165,6 +221,10 @@ class Reader:
     def _keep(self, new: list[Event]) -> None:
         events = self.events
         for e in new:
+            if e.kind == G.KERNEL_CMDLINE:
+                self._cmdline_line = e.line
+            elif e.kind == G.CMDLINE_WRAPPED and self._cmdline_line is not None:
+                self._near[id(e)] = min(e.line - self._cmdline_line, M.WRAP_LINES + 1)
             if e.kind == G.PANIC and events and events[-1].kind == G.PANIC:
                 self._run += 1
                 if self._run > PANICS_KEPT + 2:
@@ -172,16 +232,46 @@ class Reader:
                     events[-1] = e
                     events.folded += 1
                     continue
+                self._cycle_starts()
                 events.append(e)
                 continue
+            if e.kind == G.PANIC:
+                self._fold_repeated_cycle()
+                self._cycle_starts()
             if events and e.kind == events[-1].kind and e.kind not in NOT_COMPACTED:
                 self._run += 1
                 if self._run > RUN_KEEP + 1:
+                    self._near.pop(id(events[-1]), None)
                     events[-1] = e   # the run's latest so far replaces the one before
                     continue
             else:
                 self._run = 1
             events.append(e)
+
+    def _cycle_starts(self) -> None:
+        """A panic is about to be kept: a cycle starts at it."""
+        self._cycles = self._cycles[-2:] + [len(self.events)]
+
+    def _fold_repeated_cycle(self) -> None:
+        """A panic is about to start a new cycle, so the last one is whole: if it is like the one before,
+        the run grows; past CYCLES_KEPT + 2 the third last goes, and the one after it stands for it."""
+        events = self.events
+        if len(self._cycles) < 2:
+            self._alike_run = 1
+            return
+        n, previous, last = len(events), self._cycles[-2], self._cycles[-1]
+        if last - previous != n - last or not _alike(events, previous, last, n, self._near):
+            self._alike_run = 1
+            return
+        self._alike_run += 1
+        if self._alike_run > CYCLES_KEPT + 2 and not _leans_on_cycle_before(events, previous, last, self._near):
+            third = self._cycles[0]
+            like = events.like
+            like[id(events[previous])] = like.pop(id(events[previous]), 0) + like.pop(id(events[third]), 0) + 1
+            for e in events[third:previous]:
+                self._near.pop(id(e), None)
+            del events[third:previous]
+            self._cycles = [third, last - (previous - third)]
 
     def close(self, t: float | None = None) -> list[Event]:
         return self.feed(b"\n", t) if self._pending else []

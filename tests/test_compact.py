@@ -6,7 +6,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.transcript import PANICS_KEPT, RUN_KEEP, Reader, read
+from lab.transcript import CYCLES_KEPT, PANICS_KEPT, RUN_KEEP, Reader, read
 from lab.verdict import classify, derive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,3 +81,41 @@ def test_panics_in_a_row_keep_a_bounded_list_and_count_as_cycles():
     compacted, full = derive(reader.events), derive(read(log))
     assert compacted.to_json() == full.to_json()
     assert full.earlier_omitted > 4990   # every cycle is still counted
+
+
+PANIC = b"Kernel panic - not syncing: sysrq triggered crash"
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(st.sampled_from(LINES), max_size=6),
+       st.lists(st.sampled_from(LINES), min_size=1, max_size=6),
+       st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=40),
+       st.lists(st.sampled_from(LINES), max_size=6))
+def test_repeated_cycles_give_the_same_verdict_compacted(before, cycle, noise, after):
+    """A cycle of several lines from a panic, said again and again (with a varying number of unmarked
+    lines after its first line, so that a wrapped command line may or may not stay near its own)."""
+    noise_line = b"some other console line\n"
+    repeated = b"".join(PANIC + b"\n" + noise_line * n + b"".join(line + b"\n" for line in cycle) for n in noise)
+    same_verdict(b"".join(line + b"\n" for line in before) + repeated + b"".join(line + b"\n" for line in after))
+
+
+def test_cycles_of_several_lines_said_again_keep_a_bounded_list_and_count_as_cycles():
+    boot = (b"Linux version 6.1.0-13-amd64 (debian-kernel@lists.debian.org) (gcc-12)\n"
+            b"kdump-tools[600]: Starting kdump-tools: loaded kdump kernel.\n")
+    cycle = PANIC + b"\n---[ end " + PANIC + b" ]---\nRebooting in 5 seconds..\n"
+    log = boot + cycle * 5_000
+    reader = Reader(compact=True)
+    reader.feed(log)
+    reader.close()
+    assert len(reader.events) == 2 + 3 * (CYCLES_KEPT + 3)   # the first four, the last two, and the latest
+    compacted, full = derive(reader.events), derive(read(log))
+    assert compacted.to_json() == full.to_json()
+    assert full.earlier_omitted > 4_990   # every cycle is still counted (the second panic is read as a capture kernel's)
+
+
+def test_a_wrapped_command_line_keeps_the_cycle_that_holds_its_command_line():
+    """The elfcorehdr= token counts only near its command line (markers.WRAP_LINES), measured on the
+    lines kept: a cycle whose wrapped token leans on the command line of the cycle before is not folded."""
+    cycle = (PANIC + b"\n  elfcorehdr=867700K\nSeaBIOS (version 1.16.2-debian-1.16.2-1)\n"
+             b"Command line: BOOT_IMAGE=/vmlinuz irqpoll nr_cpus=1\n")
+    same_verdict(b"Command line: BOOT_IMAGE=/vmlinuz irqpoll nr_cpus=1\n" + cycle * 30)
