@@ -16,6 +16,8 @@ from .seed import PASSWORD
 from .transcript import Event, Transcript
 
 LOGIN_RESULT = re.compile(r"root@[^:\s]+:[^\n]*# ?$|Login incorrect", re.M)
+AUTOMATIC_LOGIN = re.compile(r"login: *root \(automatic login\)")
+AUTOMATIC_LOGIN_SECONDS = 3.0   # agetty writes it within milliseconds of the prompt
 KEY_VALUE = re.compile(r"^lab:([\w.-]+)=(.*)$")
 CONSOLE_BUSY = rb"[Aa]ctive console session exists"   # virsh, when another viewer holds the console
 BUSY_WAIT = 1.0   # seconds virsh is given to refuse, after its banner
@@ -146,6 +148,8 @@ class Console:
             if deadline.expired():
                 raise LabError("console", f"no login prompt within {deadline.seconds:.0f} s ({deadline.name})")
             self.pump(min(1.0, deadline.remaining()))
+        if self._logged_in_by_getty(deadline):
+            return prompt_t
         for _attempt in range(5):
             start = self.mark()
             self.send("root\r")
@@ -157,6 +161,19 @@ class Console:
                 return prompt_t
             self.wait_text(re.compile(r"login: ?$", re.M), deadline, self.mark() - 20, "login prompt after a failed login")
         raise LabError("console", "root login refused five times: the seed's password was not applied")
+
+    def _logged_in_by_getty(self, deadline: Timeout) -> bool:
+        """The lab's own images log root in on the serial getty (`login: root (automatic login)`, written
+        straight after the prompt); others wait for the user name. Either way the prompt's line is
+        within the last few hundred characters."""
+        since = self.mark() - 256
+        try:
+            self.wait_text(AUTOMATIC_LOGIN, deadline.child("automatic-login", AUTOMATIC_LOGIN_SECONDS), since,
+                           "automatic login")
+        except LabError:
+            return False
+        self.wait_text(LOGIN_RESULT, deadline, since, "shell prompt after the automatic login")
+        return True
 
     def command(self, command: str, deadline: Timeout) -> tuple[int, str]:
         token = uuid.uuid4().hex[:8]

@@ -105,7 +105,7 @@ KERNEL = _table("kernel", [
 ])
 
 INIT = _table("init", [
-    ("login_prompt", r"^\S+ login: *\S*$", PROMPT),   # the typed user name may follow
+    ("login_prompt", r"^\S+ login: *\S*(?: \(automatic login\))?$", PROMPT),   # the user name may follow
     # udev's worker stuck on a device ("... is taking a long time", then "... killed"); a mail client may
     # wrap the line after "processing".
     ("stall_warning", r"systemd-udevd\[\d+\]: \S+: Worker \[\d+\] processing(?: SEQNUM=\d+)?(?: is taking a long time| killed|$)"),

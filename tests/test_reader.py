@@ -47,6 +47,15 @@ def test_prompt_without_newline_fires_once():
     assert reader.close() == []
 
 
+def test_an_automatic_login_is_a_login_prompt_once_whether_it_comes_whole_or_in_pieces():
+    line = b"panic-lab login: root (automatic login)\r\n"
+    assert kinds(b"\r\n" + line) == ["login_prompt"]
+    reader = Reader()
+    assert [e.kind for e in reader.feed(b"\r\npanic-lab login: ")] == ["login_prompt"]   # agetty writes it in two
+    assert reader.feed(line[len(b"panic-lab login: "):]) == []
+    assert kinds(b"panic-lab login: root (typed by someone)\n") == []
+
+
 def test_end_marker_is_not_a_second_panic():
     assert kinds(b"Kernel panic - not syncing: x\n---[ end Kernel panic - not syncing: x ]---\n") == ["panic", "panic_end"]
 
