@@ -17,7 +17,9 @@ from .transcript import Event, Transcript
 
 LOGIN_RESULT = re.compile(r"root@[^:\s]+:[^\n]*# ?$|Login incorrect", re.M)
 AUTOMATIC_LOGIN = re.compile(r"login: *root \(automatic login\)")
-AUTOMATIC_LOGIN_SECONDS = 3.0   # agetty writes it within milliseconds of the prompt
+PROMPT_LINE_MAX = 256
+# Not anchored at the line's end: systemd may still write a status line after it.
+SHELL_PROMPT = re.compile(r"root@[^:\s]+:\S*# ")
 KEY_VALUE = re.compile(r"^lab:([\w.-]+)=(.*)$")
 CONSOLE_BUSY = rb"[Aa]ctive console session exists"   # virsh, when another viewer holds the console
 BUSY_WAIT = 1.0   # seconds virsh is given to refuse, after its banner
@@ -41,6 +43,7 @@ class Console:
         self.child: pexpect.spawn | None = None
         self.text = ""          # the recent console text, for prompt and command matching
         self._dropped = 0       # characters trimmed from the front of self.text
+        self.prompt_mark = 0    # where the last login prompt's line begins, at most (a mark())
         self._events_seen = 0
         self.took_over = False  # attached with --force: another viewer was detached
 
@@ -82,8 +85,11 @@ class Console:
             return []
         except pexpect.EOF:
             raise ConsoleClosed("console", "the console closed (the domain is gone)") from None
+        before = self.mark()
         events = self.transcript.write(data)
         self.text += data.decode(errors="replace")
+        if any(e.kind == "login_prompt" for e in events):
+            self.prompt_mark = before - PROMPT_LINE_MAX   # its line may have begun in an earlier read
         if len(self.text) > 262144:
             self._dropped += len(self.text) - 131072
             self.text = self.text[-131072:]
@@ -136,8 +142,9 @@ class Console:
             self.child = None
 
     # -- guest interaction ----------------------------------------------------------------------
-    def login(self, deadline: Timeout) -> float:
-        """Wait for a getty, log in as root; returns the host time the prompt was seen."""
+    def login(self, deadline: Timeout, by_getty: bool = False) -> float:
+        """Wait for a getty, log in as root (or, by_getty, let it log root in by itself); returns the host
+        time the prompt was seen."""
         prompt_t = None
         while True:
             for event in self.new_events():
@@ -148,7 +155,10 @@ class Console:
             if deadline.expired():
                 raise LabError("console", f"no login prompt within {deadline.seconds:.0f} s ({deadline.name})")
             self.pump(min(1.0, deadline.remaining()))
-        if self._logged_in_by_getty(deadline):
+        if by_getty:
+            # The prompt may have been read before (follow() reads up to it): look from where it was read.
+            self.wait_text(AUTOMATIC_LOGIN, deadline, self.prompt_mark, "the getty's automatic login")
+            self.wait_text(SHELL_PROMPT, deadline, self.prompt_mark, "shell prompt after the automatic login")
             return prompt_t
         for _attempt in range(5):
             start = self.mark()
@@ -161,19 +171,6 @@ class Console:
                 return prompt_t
             self.wait_text(re.compile(r"login: ?$", re.M), deadline, self.mark() - 20, "login prompt after a failed login")
         raise LabError("console", "root login refused five times: the seed's password was not applied")
-
-    def _logged_in_by_getty(self, deadline: Timeout) -> bool:
-        """The lab's own images log root in on the serial getty (`login: root (automatic login)`, written
-        straight after the prompt); others wait for the user name. Either way the prompt's line is
-        within the last few hundred characters."""
-        since = self.mark() - 256
-        try:
-            self.wait_text(AUTOMATIC_LOGIN, deadline.child("automatic-login", AUTOMATIC_LOGIN_SECONDS), since,
-                           "automatic login")
-        except LabError:
-            return False
-        self.wait_text(LOGIN_RESULT, deadline, since, "shell prompt after the automatic login")
-        return True
 
     def command(self, command: str, deadline: Timeout) -> tuple[int, str]:
         token = uuid.uuid4().hex[:8]

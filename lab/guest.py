@@ -14,6 +14,7 @@ class Guest:
     crashkernel: str = "cmdline"        # cmdline: direct kernel boot; grub-reboot: the guest's grub, one reboot
     packages: tuple[str, ...] = ()      # what cloud-init installs first (a published image lacks them)
     kdump_append: str = KDUMP_TOOLS_APPEND   # kdump-tools' default capture-kernel additions in this release
+    getty_logs_in: bool = False         # the serial getty logs root in by itself (the lab's own images)
 
     @property
     def kdump_service(self) -> str:
@@ -24,4 +25,4 @@ class Guest:
         return "kdump-config status" if self.flavour == "kdump-tools" else "kdumpctl status"
 
 
-OFFLINE_DEBIAN = Guest()   # the default image the lab builds (debian12 in images/releases.toml)
+OFFLINE_DEBIAN = Guest(getty_logs_in=True)   # the default image the lab builds (debian12 in images/releases.toml)

@@ -104,7 +104,7 @@ class Lifecycle:
             return
         self.host_event(HostEvent.RESUMED, f"domain {self.dom.name} resumed ({self.accel.name})")
         self.say(f"started {self.dom.name} under {self.accel.name}; waiting for the login prompt")
-        self.console.login(self.timeout.child("boot", self.scenario.boot_seconds))
+        self.console.login(self.timeout.child("boot", self.scenario.boot_seconds), self.image.guest.getty_logs_in)
         if self.image.guest.crashkernel == "grub-reboot":
             self._reboot_for_crashkernel()
         self.say("logged in; pre-flight checks (waits for cloud-init)")
@@ -124,7 +124,7 @@ class Lifecycle:
         self.host_event(HostEvent.CRASHKERNEL_REBOOT,
                         "the lab reboots the guest once: crashkernel= is in its bootloader's config now")
         self.console.send("systemctl reboot\r")
-        self.console.login(self.timeout.child("boot-after-reboot", self.scenario.boot_seconds))
+        self.console.login(self.timeout.child("boot-after-reboot", self.scenario.boot_seconds), self.image.guest.getty_logs_in)
 
     def _resync_clock(self, limit: Timeout) -> dict:
         """After a restore the guest's clock is as old as the snapshot: set it to the host's."""
@@ -175,7 +175,7 @@ class Lifecycle:
         reached = follow(self.console, self.dom, self.scenario, self.timeout, self.say, self.host_event,
                          Fault(self.dom, self.scenario, self.host_event), self.facts["preflight"])
         if reached == Stage.BACK_AT_LOGIN:
-            self.console.login(self.timeout.child("login-again", 60))
+            self.console.login(self.timeout.child("login-again", 60), self.image.guest.getty_logs_in)
             self.facts["vmcore_in_guest"] = self.console.facts("lab-vmcore", self.timeout.child("vmcore-count", 60))
             self.say(f"vmcores on the guest's disk: {self.facts['vmcore_in_guest'].get('vmcore_count', '?')}")
             if self.dom.overlay is not None and self.dom.overlay.suffix == ".raw":

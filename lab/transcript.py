@@ -95,14 +95,10 @@ NOT_COMPACTED = frozenset({G.PANIC, G.KERNEL_BANNER, G.FIRMWARE})
 PANICS_KEPT = 5
 
 
-# Cycles that repeat one another are folded too: a cycle here runs from one panic to the next, and two
-# are alike when they carry the same events (kind and text, and for a wrapped command line its distance
-# from the last command line). Of a run of alike cycles the first CYCLES_KEPT and the last two are kept;
-# the one before the latest stands for those folded between. Why those: the first two of a run may be
-# read in another light than the rest (whether a boot is a capture kernel's carries over from the cycles
-# before the run for up to two cycles); from the third on each is read as its like. The verdict shows
-# the first three crashes in full, reads at most the first three and the last of a kind, and a cycle's
-# boot may have begun in the cycle before it.
+# Cycles (panic to next panic) that repeat one another are folded too: of a run of alike cycles (same
+# kinds and texts) the first CYCLES_KEPT and the last two stay. The first two may read differently (a
+# boot's capture-ness carries over two cycles); the verdict shows three crashes, reads the first three and
+# the last of a kind, and a cycle's boot may begin in the cycle before.
 CYCLES_KEPT = 5
 
 
@@ -113,20 +109,20 @@ class Events(list):
 
     def __init__(self):
         super().__init__()
-        self.like: dict[int, int] = {}
+        self.stands_for: dict[int, int] = {}
 
 
 def folded_crashes(events: list[Event], starts: list[int]) -> int:
     """The crashes a compacting reader folded away: each panic in a row counted, and for each cycle
     that stands for folded ones like it (from its panic to the next), as many crash starts as it holds.
     `starts`: where the kept crashes start (verdict.crash_starts)."""
-    total, like = getattr(events, "folded", 0), getattr(events, "like", None)
-    if like:
+    total, stands_for = getattr(events, "folded", 0), getattr(events, "stands_for", None)
+    if stands_for:
         at = set(starts)
         for i, e in enumerate(events):
-            if id(e) in like:
+            if id(e) in stands_for:
                 end = next((j for j in range(i + 1, len(events)) if events[j].kind == G.PANIC), len(events))
-                total += like[id(e)] * sum(1 for j in range(i, end) if j in at)
+                total += stands_for[id(e)] * sum(1 for j in range(i, end) if j in at)
     return total
 
 
@@ -167,7 +163,7 @@ class Reader:
         self._run = 0   # events of the last kept event's kind in a row
         self._cycles: list[int] = []   # where the last three kept cycles start in self.events
         self._alike_run = 0            # kept and folded cycles in a row alike, the last one included
-        self._cmdline_line = None
+        self._cmdline_line = None        # the last command line's line number (for wrapped ones)
         self._near: dict[int, int] = {}   # id of a kept wrapped command line -> lines from the last command line
         self.prompts = [m for m in self.table if m.prompt]
         # Most console lines match no marker at all: one Hyperscan pass over each block finds the few that
@@ -266,8 +262,8 @@ class Reader:
         self._alike_run += 1
         if self._alike_run > CYCLES_KEPT + 2 and not _leans_on_cycle_before(events, previous, last, self._near):
             third = self._cycles[0]
-            like = events.like
-            like[id(events[previous])] = like.pop(id(events[previous]), 0) + like.pop(id(events[third]), 0) + 1
+            counts = events.stands_for
+            counts[id(events[previous])] = counts.pop(id(events[previous]), 0) + counts.pop(id(events[third]), 0) + 1
             for e in events[third:previous]:
                 self._near.pop(id(e), None)
             del events[third:previous]

@@ -184,7 +184,6 @@ def derive(events: list[Event]) -> Verdict:
     return final
 
 
-
 def _stages(events, flags, start, end, before: Iterable[StageReached] = ()) -> list[StageReached]:
     """The stages reached in events[start:end], in stage order; those in `before` (the boot's booted and
     armed, none of which the loop reads) stand for themselves over the same stage seen again here."""

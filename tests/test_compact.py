@@ -107,7 +107,7 @@ def test_cycles_of_several_lines_said_again_keep_a_bounded_list_and_count_as_cyc
     reader = Reader(compact=True)
     reader.feed(log)
     reader.close()
-    assert len(reader.events) == 2 + 3 * (CYCLES_KEPT + 3)   # the first four, the last two, and the latest
+    assert len(reader.events) == 2 + 3 * (CYCLES_KEPT + 3)   # the first five, the last two, and the latest
     compacted, full = derive(reader.events), derive(read(log))
     assert compacted.to_json() == full.to_json()
     assert full.earlier_omitted > 4_990   # every cycle is still counted (the second panic is read as a capture kernel's)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,24 +50,32 @@ def test_building_a_published_image_is_refused_with_the_way_to_get_it():
 
 
 class BackgroundRun:
-    """One `lab run` left going in the background, its stderr in a file the tests can read as it grows."""
+    """One `lab run` left going in the background, its stderr in a file the tests can read as it grows.
+    Its own session: a Ctrl-C at the terminal reaches it once, through stop(), not twice."""
 
     def __init__(self, args: list[str], env: dict, folder: Path):
         self.stderr_path, self.stdout_path = folder / "stderr", folder / "stdout"
         with self.stderr_path.open("w") as err, self.stdout_path.open("w") as out:
-            self.proc = spawn_lab(*args, env=env, stdout=out, stderr=err)
+            self.proc = spawn_lab(*args, env=env, stdout=out, stderr=err, start_new_session=True)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
     def finish(self, timeout: float) -> tuple[int, str, str]:
-        self.proc.wait(timeout=timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()   # a run past its time must not go on beside the tests that follow
         return self.proc.returncode, self.stdout_path.read_text(), self.stderr()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:   # a session cut short: the lab unwinds as on Ctrl-C, its guest destroyed
+        if self.proc.poll() is None:   # cut short: the lab unwinds as on Ctrl-C, its guest destroyed
             self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(timeout=180)
+            try:
+                self.proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()   # libvirt destroys its domain when its connection closes (autodestroy)
+                self.proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +86,8 @@ def published_run(tmp_path_factory):
     the live tests that boot one guest at a time (conftest.LIVE_ORDER); test_run_boots_... checks it."""
     if BUILT is None or not (BUILT.disk.parent / "bootable.qcow2").exists():
         pytest.skip("the debian12 image (with its disk-bootable form) is not built (make image)")
+    cache = paths.cache_dir() / "cloud" / NAME
+    assert not cache.exists(), f"{cache} is left from an earlier session"
     bootable = BUILT.disk.parent / "bootable.qcow2"
     digest = hashlib.sha256()
     with bootable.open("rb") as f:
@@ -84,19 +95,18 @@ def published_run(tmp_path_factory):
             digest.update(block)
     folder = tmp_path_factory.mktemp("published")
     server = Server()
-    server.routes["/cloud/bootable.qcow2"] = bootable
-    catalog = folder / "catalog.toml"
-    catalog.write_text(f'[{NAME}]\nurl = "{server.url}/cloud/bootable.qcow2"\nsha256 = "{digest.hexdigest()}"\n'
-                       'family = "debian"\nkdump = "kdump-tools"\nuser = "root"\ncrashkernel = "grub-reboot"\n')
-    cache = paths.cache_dir() / "cloud" / NAME
-    assert not cache.exists(), f"{cache} is left from an earlier session"
-    env = dict(os.environ, LAB_CATALOG=str(catalog))
-    run = BackgroundRun(["run", "hyperv-kdump-kb2858695", "--image", NAME, "--json", "--results",
-                         str(folder / "results")], env, folder)
     try:
-        yield run, server
+        server.routes["/cloud/bootable.qcow2"] = bootable
+        catalog = folder / "catalog.toml"
+        catalog.write_text(f'[{NAME}]\nurl = "{server.url}/cloud/bootable.qcow2"\nsha256 = "{digest.hexdigest()}"\n'
+                           'family = "debian"\nkdump = "kdump-tools"\nuser = "root"\ncrashkernel = "grub-reboot"\n')
+        run = BackgroundRun(["run", "hyperv-kdump-kb2858695", "--image", NAME, "--json", "--results",
+                             str(folder / "results")], dict(os.environ, LAB_CATALOG=str(catalog)), folder)
+        try:
+            yield run, server
+        finally:
+            run.stop()
     finally:
-        run.stop()
         server.stop()
         shutil.rmtree(cache, ignore_errors=True)
 

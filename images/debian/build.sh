@@ -49,6 +49,8 @@ truncate -s 3G "$out/disk.raw"
 mkfs.ext4 -q -L labroot -d "$rootfs" "$out/disk.raw"
 
 step "disk-bootable form: MBR, grub, the same tree on partition 1"
+# It stands in for a published cloud image, whose getty asks for the user name: no automatic login.
+rm "$rootfs/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"
 truncate -s 3G "$out/bootable.raw"
 echo 'start=2048, type=83, bootable' | sfdisk -q "$out/bootable.raw"
 mkfs.ext4 -q -L labroot -E offset=$((2048 * 512)) -d "$rootfs" "$out/bootable.raw" 3071M

@@ -114,15 +114,16 @@ ExecStart=
 ExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 %I $TERM
 UNIT
 # Early-boot units that share the one vCPU with cloud-init's start and that no run uses: modprobe@
-# (fuse, loop, dm_mod, configfs, efi_pstore), the debug/tracing/hugepage/mqueue/fuse/configfs mounts,
+# (fuse, loop, dm_mod, drm, configfs, efi_pstore), the debug/tracing/hugepage/mqueue/fuse/configfs mounts,
 # binfmt, static nodes for unloaded modules, pstore (no pstore under QEMU); and, after it, the VT getty,
 # cron and rsyslog (the lab reads the journal). The capture kernel of kdump-tools boots this same root
 # with its own target, so it is spared them too; nothing of its dump path is among them.
-for unit in modprobe@.service dev-hugepages.mount dev-mqueue.mount sys-kernel-debug.mount \
-            sys-kernel-tracing.mount sys-fs-fuse-connections.mount sys-kernel-config.mount \
+for unit in modprobe@configfs.service modprobe@dm_mod.service modprobe@drm.service modprobe@efi_pstore.service \
+            modprobe@fuse.service modprobe@loop.service dev-hugepages.mount dev-mqueue.mount \
+            sys-kernel-debug.mount sys-kernel-tracing.mount sys-fs-fuse-connections.mount sys-kernel-config.mount \
             proc-sys-fs-binfmt_misc.automount systemd-binfmt.service kmod-static-nodes.service \
             systemd-pstore.service getty@tty1.service cron.service rsyslog.service; do
-  chroot "$root" systemctl mask "$unit" >/dev/null 2>&1 || true
+  chroot "$root" systemctl mask --quiet "$unit"
 done
 
 # The disk-bootable form (build.sh writes bootable.qcow2 from this same tree) stands in for a
