@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from . import markers as M
+from .compact import Compactor, Events
 from .prefilter import Prefilter
-from .vocabulary import GuestEvent as G
 from .errors import HostError
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -81,73 +81,6 @@ def _tidy(text: str) -> tuple[str, float | None]:
     return text, kt
 
 
-# Compacting (offline): of a run of events of one kind in a row, the first RUN_KEEP and the latest are kept.
-# The rules read no other event of such a run (verdict.py: the first of a kind, the first three Hyper-V
-# storage complaints, the last of a kind, and their order). Panics and banners each start a cycle or a
-# boot, so none of them is dropped.
-RUN_KEEP = 3
-NOT_COMPACTED = frozenset({G.PANIC, G.KERNEL_BANNER, G.FIRMWARE})
-# Panics in a row with nothing between are the exception: from the third on, each is a cycle of its own
-# (a boot of its own, with kdump no longer loaded), so the middle ones differ in nothing but their line.
-# The first PANICS_KEPT are kept (the first two may be a capture kernel's, not cycles; then the three
-# cycles a verdict shows), and the last two (the final cycle and the panic before it); the others are
-# counted (Events.folded), and the verdict counts them among its omitted cycles.
-PANICS_KEPT = 5
-
-
-# Cycles (panic to next panic) that repeat one another are folded too: of a run of alike cycles (same
-# kinds and texts) the first CYCLES_KEPT and the last two stay. The first two may read differently (a
-# boot's capture-ness carries over two cycles); the verdict shows three crashes, reads the first three and
-# the last of a kind, and a cycle's boot may begin in the cycle before.
-CYCLES_KEPT = 5
-
-
-class Events(list):
-    """A reader's events, with how many panics in a row were folded away (compact only), and for each
-    kept cycle that stands for folded ones like it, how many (keyed by id() of its first event)."""
-    folded = 0
-
-    def __init__(self):
-        super().__init__()
-        self.stands_for: dict[int, int] = {}
-
-
-def folded_crashes(events: list[Event], starts: list[int]) -> int:
-    """The crashes a compacting reader folded away: each panic in a row counted, and for each cycle
-    that stands for folded ones like it (from its panic to the next), as many crash starts as it holds.
-    `starts`: where the kept crashes start (verdict.crash_starts)."""
-    total, stands_for = getattr(events, "folded", 0), getattr(events, "stands_for", None)
-    if stands_for:
-        at = set(starts)
-        for i, e in enumerate(events):
-            if id(e) in stands_for:
-                end = next((j for j in range(i + 1, len(events)) if events[j].kind == G.PANIC), len(events))
-                total += stands_for[id(e)] * sum(1 for j in range(i, end) if j in at)
-    return total
-
-
-def _alike(events: list[Event], first: int, second: int, end: int, near: dict[int, int]) -> bool:
-    """events[first:second] and events[second:end] (of one length) carry the same events; `near`: for a
-    wrapped command line, its distance from the last command line (verdict.capture_boots reads it)."""
-    for i in range(second - first):
-        x, y = events[first + i], events[second + i]
-        if x.kind != y.kind or x.text != y.text or near.get(id(x)) != near.get(id(y)):
-            return False
-    return True
-
-
-def _leans_on_cycle_before(events: list[Event], start: int, end: int, near: dict[int, int]) -> bool:
-    """Does a wrapped command line in events[start:end] count only through a command line in the cycle
-    before? Then that cycle must stay: the verdict measures the distance on the lines kept."""
-    own_cmdline = False
-    for e in events[start:end]:
-        if e.kind == G.KERNEL_CMDLINE:
-            own_cmdline = True
-        elif e.kind == G.CMDLINE_WRAPPED and not own_cmdline and near.get(id(e), M.WRAP_LINES + 1) <= M.WRAP_LINES:
-            return True
-    return False
-
-
 class Reader:
     """Streaming: feed() chunks as they come, get events back; close() flushes the last line.
 
@@ -156,15 +89,9 @@ class Reader:
     """
 
     def __init__(self, table: Iterable[M.Marker] = M.ALL, clock=None, compact: bool = False):
-        """compact: self.events keeps only what a verdict can read (see RUN_KEEP), so that memory stays
+        """compact: self.events keeps only what a verdict can read (lab/compact.py), so that memory stays
         bounded on a log that repeats one marker line; feed() still returns every event."""
         self.table = list(table)
-        self.compact = compact
-        self._run = 0   # events of the last kept event's kind in a row
-        self._cycles: list[int] = []   # where the last three kept cycles start in self.events
-        self._alike_run = 0            # kept and folded cycles in a row alike, the last one included
-        self._cmdline_line = None        # the last command line's line number (for wrapped ones)
-        self._near: dict[int, int] = {}   # id of a kept wrapped command line -> lines from the last command line
         self.prompts = [m for m in self.table if m.prompt]
         # Most console lines match no marker at all: one Hyperscan pass over each block finds the few that
         # may, and which markers to try on them; only those lines are decoded and matched.
@@ -172,7 +99,8 @@ class Reader:
         self._pending = b""
         self._prompt_fired_on = 0
         self.lines = 0            # complete lines read so far
-        self.events = Events()
+        self._compactor = Compactor() if compact else None
+        self.events = self._compactor.events if compact else Events()
         self.clock = clock
 
     def feed(self, data: bytes | str, t: float | None = None) -> list[Event]:
@@ -208,66 +136,11 @@ class Reader:
                     self._prompt_fired_on = self.lines + 1
                     new.append(Event(marker.event, self.lines + 1, cleaned, marker.stack, t, kt, m.groups()))
                     break
-        if self.compact:
-            self._keep(new)
+        if self._compactor:
+            self._compactor.keep(new)
         else:
             self.events += new
         return new
-
-    def _keep(self, new: list[Event]) -> None:
-        events = self.events
-        for e in new:
-            if e.kind == G.KERNEL_CMDLINE:
-                self._cmdline_line = e.line
-            elif e.kind == G.CMDLINE_WRAPPED and self._cmdline_line is not None:
-                self._near[id(e)] = min(e.line - self._cmdline_line, M.WRAP_LINES + 1)
-            if e.kind == G.PANIC and events and events[-1].kind == G.PANIC:
-                self._run += 1
-                if self._run > PANICS_KEPT + 2:
-                    events[-2] = events[-1]   # the latest two stay: the one before becomes a counted one
-                    events[-1] = e
-                    events.folded += 1
-                    continue
-                self._cycle_starts()
-                events.append(e)
-                continue
-            if e.kind == G.PANIC:
-                self._fold_repeated_cycle()
-                self._cycle_starts()
-            if events and e.kind == events[-1].kind and e.kind not in NOT_COMPACTED:
-                self._run += 1
-                if self._run > RUN_KEEP + 1:
-                    self._near.pop(id(events[-1]), None)
-                    events[-1] = e   # the run's latest so far replaces the one before
-                    continue
-            else:
-                self._run = 1
-            events.append(e)
-
-    def _cycle_starts(self) -> None:
-        """A panic is about to be kept: a cycle starts at it."""
-        self._cycles = self._cycles[-2:] + [len(self.events)]
-
-    def _fold_repeated_cycle(self) -> None:
-        """A panic is about to start a new cycle, so the last one is whole: if it is like the one before,
-        the run grows; past CYCLES_KEPT + 2 the third last goes, and the one after it stands for it."""
-        events = self.events
-        if len(self._cycles) < 2:
-            self._alike_run = 1
-            return
-        n, previous, last = len(events), self._cycles[-2], self._cycles[-1]
-        if last - previous != n - last or not _alike(events, previous, last, n, self._near):
-            self._alike_run = 1
-            return
-        self._alike_run += 1
-        if self._alike_run > CYCLES_KEPT + 2 and not _leans_on_cycle_before(events, previous, last, self._near):
-            third = self._cycles[0]
-            counts = events.stands_for
-            counts[id(events[previous])] = counts.pop(id(events[previous]), 0) + counts.pop(id(events[third]), 0) + 1
-            for e in events[third:previous]:
-                self._near.pop(id(e), None)
-            del events[third:previous]
-            self._cycles = [third, last - (previous - third)]
 
     def close(self, t: float | None = None) -> list[Event]:
         return self.feed(b"\n", t) if self._pending else []

@@ -24,7 +24,8 @@ from types import SimpleNamespace
 from typing import Iterable
 
 from .markers import CAPTURE_CMDLINE, SAVE_ATTEMPT_FAILED, WRAP_LINES, same_report
-from .transcript import Event, folded_crashes, read
+from .compact import folded_crashes
+from .transcript import Event, read
 from .vocabulary import NO_STAGE, GuestEvent, HostEvent, Outcome, Stage
 
 # The members as plain attributes: the rules read dozens per cycle, and an attribute of an enum class
@@ -179,7 +180,7 @@ def derive(events: list[Event]) -> Verdict:
         return _cycle(events, flags, start, end, before[start])
     final = cycle(len(starts) - 1)
     final.earlier = [cycle(n) for n in range(min(EARLIER_SHOWN, len(starts) - 1))]
-    # A compacting reader counts the cycles it folded away (transcript.PANICS_KEPT, CYCLES_KEPT).
+    # A compacting reader counts the cycles it folded away (compact.PANICS_KEPT, CYCLES_KEPT).
     final.earlier_omitted = len(starts) - 1 - len(final.earlier) + folded_crashes(events, starts)
     return final
 

@@ -1,4 +1,4 @@
-"""Offline, the reader keeps only what a verdict can read (transcript.RUN_KEEP): the verdict, its stages
+"""Offline, the reader keeps only what a verdict can read (lab/compact.py): the verdict, its stages
 and its evidence must be exactly those from every event, and memory must not grow with a log that
 repeats one marker line."""
 from pathlib import Path
@@ -6,7 +6,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.transcript import CYCLES_KEPT, PANICS_KEPT, RUN_KEEP, Reader, read
+from lab.compact import CYCLES_KEPT, PANICS_KEPT, RUN_KEEP
+from lab.transcript import Reader, read
 from lab.verdict import classify, derive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,3 +120,22 @@ def test_a_wrapped_command_line_keeps_the_cycle_that_holds_its_command_line():
     cycle = (PANIC + b"\n  elfcorehdr=867700K\nSeaBIOS (version 1.16.2-debian-1.16.2-1)\n"
              b"Command line: BOOT_IMAGE=/vmlinuz irqpoll nr_cpus=1\n")
     same_verdict(b"Command line: BOOT_IMAGE=/vmlinuz irqpoll nr_cpus=1\n" + cycle * 30)
+
+
+def test_a_crash_and_its_capture_kernel_s_own_panic_said_again_keep_a_bounded_list():
+    """Cycles two by two: the first kernel panics, the capture kernel panics too, the machine resets."""
+    boot = (b"Linux version 6.1.0-13-amd64 (debian-kernel@lists.debian.org) (gcc-12)\n"
+            b"kdump-tools[600]: Starting kdump-tools: loaded kdump kernel.\n")
+    crash = (PANIC + b"\nLinux version 6.1.0-13-amd64 (debian-kernel@lists.debian.org) (gcc-12)\n"
+             b"Command line: BOOT_IMAGE=/vmlinuz irqpoll nr_cpus=1 reset_devices elfcorehdr=0x3f000000\n"
+             b"Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\n"
+             b"reboot: Restarting system\n")
+    log = boot + (crash + boot) * 3000
+    reader = Reader(compact=True)
+    reader.feed(log)
+    reader.close()
+    per_round = 8   # events of one crash and its boot (the capture command line is also a wrapped token)
+    assert len(reader.events) <= 2 + per_round * (CYCLES_KEPT + 3)
+    compacted, full = derive(reader.events), derive(read(log))
+    assert compacted.to_json() == full.to_json()
+    assert full.earlier_omitted > 2_990
