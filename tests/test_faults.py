@@ -171,8 +171,6 @@ def test_a_stopped_benchmark_leaves_nothing_behind(tmp_path):
     assert not (tmp_path / "bench.json").exists()
 
 
-
-
 def test_a_second_ctrl_c_does_not_cut_the_cleanup_short(tmp_path):
     """Two Ctrl-C in quick succession while the guest boots: the second lands while the lab unwinds or
     cleans up; it is reported, and the cleanup still leaves nothing behind."""

@@ -38,8 +38,6 @@ def _libvirtd_client_pids() -> set[int]:
     return pids
 
 
-
-
 @pytest.mark.libvirt
 def test_libvirtd_over_loopback_ssh_and_the_dropped_host():
     with LoopbackSshd() as sshd:

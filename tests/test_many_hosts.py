@@ -280,8 +280,6 @@ def _remote_domain(local: libvirt.virConnect) -> libvirt.virDomain | None:
     return None
 
 
-
-
 @pytest.mark.live
 def test_a_host_that_drops_mid_matrix_ends_its_run_as_a_host_error_and_the_rest_finish_on_the_other(tmp_path):
     # One at a time, so the order is certain: the first run goes to the ssh host (a tie goes to the host
@@ -318,8 +316,6 @@ def test_a_host_that_drops_mid_matrix_ends_its_run_as_a_host_error_and_the_rest_
         sshd.stop()
     assert lab.returncode in (0, 1), err
     reports = json.loads(out)
-    remote = [r for r in reports if (r.get("host") or {}).get("uri") == sshd.uri]
-    stayed = [r for r in reports if (r.get("host") or {}).get("uri") == LOCAL]
     assert [(r.get("host") or {}).get("uri") for r in reports] == [sshd.uri, LOCAL], reports
     remote, stayed = reports
     assert remote["cut_short"]["by"] == "host" and "the libvirt connection closed" in remote["cut_short"]["why"]
