@@ -3,6 +3,8 @@ the same things again and again, and how a verdict still counts what was folded 
 every event: its logs are short, and the report cites their lines.)"""
 from __future__ import annotations
 
+from itertools import islice
+
 from . import markers as M
 from .vocabulary import GuestEvent as G
 
@@ -50,8 +52,8 @@ def folded_crashes(events: list, starts: list[int]) -> int:
         for i, e in enumerate(events):
             if id(e) in stands_for:
                 times, cycles = stands_for[id(e)]
-                panics = [j for j in range(i + 1, len(events)) if events[j].kind == G.PANIC][:cycles]
-                end = panics[cycles - 1] if len(panics) == cycles else len(events)
+                later_panics = (j for j in range(i + 1, len(events)) if events[j].kind == G.PANIC)
+                end = next(islice(later_panics, cycles - 1, None), len(events))   # where its block ends
                 total += times * sum(1 for j in range(i, end) if j in at)
     return total
 

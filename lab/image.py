@@ -34,7 +34,8 @@ class Recipe:
 def _releases() -> dict[str, Recipe]:
     """images/releases.toml: every Debian release, built by the one recipe in images/debian/."""
     table = tomllib.loads((paths.IMAGES / "releases.toml").read_text())
-    return {name: Recipe(paths.IMAGES / "debian", release["suite"], Guest(kdump_append=release["kdump_append"], getty_logs_in=True))
+    return {name: Recipe(paths.IMAGES / "debian", release["suite"],
+                         Guest(kdump_append=release["kdump_append"], getty_logs_in=True))
             for name, release in table.items()}
 
 

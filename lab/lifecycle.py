@@ -124,7 +124,8 @@ class Lifecycle:
         self.host_event(HostEvent.CRASHKERNEL_REBOOT,
                         "the lab reboots the guest once: crashkernel= is in its bootloader's config now")
         self.console.send("systemctl reboot\r")
-        self.console.login(self.timeout.child("boot-after-reboot", self.scenario.boot_seconds), self.image.guest.getty_logs_in)
+        self.console.login(self.timeout.child("boot-after-reboot", self.scenario.boot_seconds),
+                           self.image.guest.getty_logs_in)
 
     def _resync_clock(self, limit: Timeout) -> dict:
         """After a restore the guest's clock is as old as the snapshot: set it to the host's."""

@@ -93,8 +93,8 @@ class Placement:
 
     def give_back(self, chosen: Host, need_mib: int, drop_why: str | None = None, suspect: bool = False) -> None:
         """A run on `chosen` ended. A host with `drop_why` (it refused the run, or did not answer) is dropped
-        before its room is freed, so no waiting run goes there; one that holds nothing more, or whose run ended in a host error (`suspect`),
-        is measured anew, and dropped if it no longer answers."""
+        before its room is freed, so no waiting run goes there; one that holds nothing more, or whose run
+        ended in a host error (`suspect`), is measured anew, and dropped if it no longer answers."""
         with self._changed:
             if drop_why:
                 self._drop(chosen, drop_why)

@@ -77,7 +77,7 @@ def pool(conn: libvirt.virConnect, create: bool = True) -> libvirt.virStoragePoo
             except libvirt.libvirtError as exc:
                 if not found.isActive():   # another lab may have started it meanwhile
                     raise host.Refused("storage", f"storage pool {name!r} on {uri} does not start: "
-                                             f"{host.one_line(exc.get_error_message())}; {_hint(uri)}") from None
+                                       f"{host.one_line(exc.get_error_message())}; {_hint(uri)}") from None
         return found
 
 
@@ -90,13 +90,13 @@ def _define(conn: libvirt.virConnect, name: str, uri: str) -> libvirt.virStorage
             return conn.storagePoolLookupByName(name)   # another lab defined it meanwhile
         except libvirt.libvirtError:
             raise host.Refused("storage", f"{uri} has no storage pool {name!r} and refused one: "
-                                     f"{host.one_line(exc.get_error_message())}; {_hint(uri)}") from None
+                               f"{host.one_line(exc.get_error_message())}; {_hint(uri)}") from None
     try:
         made.build(0)
     except libvirt.libvirtError as exc:
         made.undefine()   # or the hint's pool-define-as would find it there
         raise host.Refused("storage", f"{uri} has no storage pool {name!r} and refused one: "
-                                 f"{host.one_line(exc.get_error_message())}; {_hint(uri)}") from None
+                           f"{host.one_line(exc.get_error_message())}; {_hint(uri)}") from None
     return made
 
 
@@ -194,7 +194,7 @@ def uploaded(conn: libvirt.virConnect, storage: libvirt.virStoragePool, path: Pa
                 if got != want:
                     vol.delete(0)
                     raise host.Refused("storage", f"volume {name} on {uri} reads back as sha256 {got[:16]}…, "
-                                             f"not {want[:16]}…: the upload was damaged")
+                                       f"not {want[:16]}…: the upload was damaged")
         except libvirt.libvirtError as exc:
             raise _failed(f"sending {path.name} to {uri}", exc) from None
         _checked.add((uri, name))
@@ -245,7 +245,7 @@ class RunVolumes:
             raise _failed(f"the run's seed on {host.uri_of(self.conn)}", exc) from None
         if self.seed.path() != self.seed_path:
             raise host.Refused("storage", f"pool {pool_name()!r} put the seed at {self.seed.path()}, not beside the disk: "
-                                     "the lab needs a directory pool")
+                               "the lab needs a directory pool")
 
     def names(self) -> list[str]:
         return [v.name() for v in (self.disk, self.seed) if v is not None]

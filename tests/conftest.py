@@ -25,8 +25,8 @@ TRANSCRIPTS = ROOT / "tests" / "transcripts"
 TIERS = {"libvirt": 1, "live": 2}
 # The live tier's order (node id prefixes; the rest after them, in file order). The published image's run
 # boots one guest for about five minutes in the background: it starts first, goes on beside the tests
-# that boot one guest at a time and the live batch (which leave a core idle, or share it), and is checked
-# after them. After that check no other guest runs: test_faults compares the host's domains and processes
+# that boot one guest at a time (the second core is theirs otherwise idle) and the live batch (three guests
+# on two cores while it lasts), and is checked after them. After that check no other guest runs: test_faults compares the host's domains and processes
 # before and after each killed run, and side_by_side starts three guests at once.
 LIVE_ORDER = (
     "tests/test_published_image.py::test_a_published_image_not_in_the_cache_is_pulled_once_and_verified",
