@@ -30,6 +30,12 @@ def default_parallel(scenarios: list[Scenario], placement: Placement | None = No
     return max(1, min(os.cpu_count() or 1, budget.available_mib() // need, runs))
 
 
+def likely_length(scenario: Scenario) -> int:
+    """A rough rank of how long a run lasts: a capture kernel boots a second time (and may save a dump),
+    and following a reset guest to its login boots it again; a reset or a halt alone ends sooner."""
+    return int(scenario.kdump and scenario.crashkernel_mib() > 0) + int(scenario.wait_for_login)
+
+
 def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr, snapshot: bool = False,
              hosts: list[str] | Placement | None = None) -> list[dict]:
     """Every repeat of every scenario, `parallel` at a time. Returns one report per run, in order, as
@@ -104,12 +110,13 @@ def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.st
     if parallel <= 1:
         return [one(s) for s in runs]
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lab-run")
-    futures = [pool.submit(one, s) for s in runs]
+    # The longest runs start first, so that the short ones fill the other slots beside them.
+    futures = {n: pool.submit(one, runs[n]) for n in sorted(range(len(runs)), key=lambda n: -likely_length(runs[n]))}
     try:
-        return [f.result() for f in futures]
+        return [futures[n].result() for n in range(len(runs))]
     except BaseException:
         CANCEL.set()   # the workers stop at their next console read and clean up
-        for f in futures:
+        for f in futures.values():
             f.cancel()
         with signals.teardown():
             pool.shutdown(wait=True)

@@ -178,20 +178,24 @@ def bench_snapshot(runs: int, results: Path, name: str = "kdump") -> dict:
             "clock_behind_seconds": [r["snapshot"]["clock"]["behind_seconds"] for r in warm]}
 
 
-def bench_matrix(runs: int, results: Path, snapshot: bool) -> dict:
-    """The seed matrix, as `lab run` runs it (default parallelism), with a warm cache."""
+def bench_matrix(runs: int, results: Path) -> dict:
+    """The seed matrix as `lab run` runs it (default parallelism): from warm snapshots (each made before
+    the clock starts), and cold (every guest booted; the image cache warm)."""
     scenarios = [sc.resolve(n) for n in SEED_MATRIX]
     parallel = batch.default_parallel(scenarios)
-    if snapshot:   # warm: every snapshot made before the clock starts
-        for s in scenarios:
-            runner.run(s, results, snapshot=True)
-    walls = []
-    for _ in range(runs):
-        started = time.monotonic()
-        reports = batch.run_many(scenarios, results, parallel, snapshot=snapshot)
-        walls.append(time.monotonic() - started)
-    return {"scenarios": list(SEED_MATRIX), "parallel": parallel, "snapshot": snapshot, "runs": runs,
-            "wall_seconds_median": _median(walls), "verdicts_last": [r["verdict"] for r in reports]}
+    for s in scenarios:
+        runner.run(s, results, snapshot=True)
+    out = {"scenarios": list(SEED_MATRIX), "parallel": parallel, "runs": runs}
+    for kind, snapshot in (("warm", True), ("cold", False)):
+        walls, verdicts = [], []
+        for _ in range(runs):
+            started = time.monotonic()
+            reports = batch.run_many(scenarios, results, parallel, snapshot=snapshot)
+            walls.append(time.monotonic() - started)
+            verdicts.append([r["verdict"] for r in reports])
+        out[kind] = {"wall_seconds": [round(w, 1) for w in walls], "wall_seconds_median": _median(walls),
+                     "verdicts": verdicts}
+    return out
 
 
 HOG = "while True: pass"
@@ -267,7 +271,7 @@ def _bench(argv=None) -> int:
     if "snapshot" in parts:
         out["snapshot"] = bench_snapshot(args.runs, results)
     if "matrix" in parts:
-        out["matrix"] = bench_matrix(args.runs, results, snapshot=True)
+        out["matrix"] = bench_matrix(args.runs, results)
     if "hog" in parts:
         out["hog"] = bench_hog(args.runs, results)
     if "parallel" in parts:
@@ -304,8 +308,9 @@ def table(out: dict) -> str:
                      f"{s['cold_wall_median']} s vs {s['snapshot_wall_median']} s; checks {s['vmcore_checks_snapshot']}")
     if "matrix" in out:
         m = out["matrix"]
-        lines.append(f"seed matrix              {m['wall_seconds_median']} s wall ({m['parallel']} at a time, "
-                     f"snapshots {'on' if m['snapshot'] else 'off'})")
+        for kind in ("warm", "cold"):
+            lines.append(f"seed matrix, {kind}        {m[kind]['wall_seconds_median']} s wall ({m['parallel']} at a time"
+                         f"{', from snapshots' if kind == 'warm' else ''}); verdicts {', '.join(m[kind]['verdicts'][-1])}")
     if "hog" in out:
         h = out["hog"]
         for n, r in enumerate(h["rounds"], 1):

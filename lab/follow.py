@@ -85,10 +85,15 @@ def what_settles(dom: Domain, scenario: Scenario, preflight: dict) -> settle.Gue
     """What the early rules need beyond the console: the guest's pre-flight, the domain's devices."""
     panic = preflight.get("kernel.panic", "")
     devices = ET.fromstring(dom.xml).find("devices")
-    rescuers = tuple(d.tag for d in (devices if devices is not None else []) if d.tag in ("watchdog", "panic"))
+    devices = devices if devices is not None else []
+    rescuers = tuple(d.tag for d in devices if d.tag in ("watchdog", "panic"))
+    stale = STALE_VMBUS_TARGET.get(scenario.profile, "") if scenario.fault == "stale-vmbus" else ""
+    disks = [d.find("target") for d in devices if d.tag == "disk" and d.get("device") == "disk"]
+    if any(t is None or (t.get("dev") != stale and t.get("bus") != "ide") for t in disks):
+        stale = ""   # another disk a capture kernel could reach: S6 does not apply
     return settle.Guest(kernel_panic=int(panic) if panic.lstrip("-").isdigit() else None,
                         armed=preflight.get("kexec_crash_loaded") == "1", rescuers=rescuers,
-                        wait_for_login=scenario.wait_for_login)
+                        wait_for_login=scenario.wait_for_login, stale_disk=stale)
 
 
 def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say, host_event, fault: Fault,
@@ -102,6 +107,7 @@ def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say,
     limit_all = top.child("follow", FOLLOW_SECONDS)
     transcript = console.transcript
     seen_host = len(transcript.host_events)
+    stranded = None
     while True:
         try:
             new = console.pump(min(1.0, max(limit_all.remaining(), 0.01)))
@@ -121,6 +127,12 @@ def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say,
             if verdict.stage != current and verdict.stage != NO_STAGE:
                 current, since = Stage(verdict.stage), time.monotonic()
                 say(f"stage {current}", stage=current)
+            if current == Stage.CAPTURE_KERNEL_BOOTED and fault.applied and not stranded:
+                stranded = settle.stranded(events, guest)
+                if stranded:
+                    host_event(HostEvent.STRANDED, stranded)
+                    events = transcript.events()
+                    verdict = derive(events)
             done = settle.settled(verdict, events, guest)
             if done:
                 host_event(HostEvent.SETTLED, f"{verdict.verdict} is certain: {done.why}", rule=done.rule)

@@ -145,7 +145,7 @@ def _timeline_svg(r: dict, width: int = 720) -> str:
     from html import escape
     points = [(TIMELINE_LABELS[Stage(s["name"])], s["t"]) for s in sorted(r.get("stages", []), key=lambda s: Stage(s["name"]).order)
               if s.get("t") is not None]
-    stall = [e for e in r.get("host_events", []) if e["kind"] == HostEvent.STALL]
+    stall = [e for e in r.get("host_events", []) if e["kind"] in (HostEvent.STALL, HostEvent.STRANDED)]
     if stall and r.get("verdict") == "hang":   # where the guest stopped; a run that went on has no such point
         points.append(("hang point", stall[0]["t"]))
     end = max([t for _, t in points] + [(r.get("timings") or {}).get("wall_seconds") or 1.0, 1.0])

@@ -14,8 +14,11 @@ from .transcript import Event
 from .verdict import Verdict, capture_boots
 from .vocabulary import Outcome, Stage
 from .vocabulary import GuestEvent as G
+from .vocabulary import HostEvent as H
 
 PANIC_ARG = re.compile(r"(?:^|\s)panic=(-?\d+)")
+# The lab's initrd timer for kdump.conf's disk_timeout (lab/follow.py CAPTURE_TIMERS): it resets the guest.
+DISK_TIMEOUT_ARG = re.compile(r"(?:^|\s)panic_lab\.disk_timeout=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class Guest:
     armed: bool                  # a capture kernel was loaded (pre-flight: kexec_crash_loaded=1)
     rescuers: tuple[str, ...]    # domain devices that can act on a halted guest (watchdog, panic notifier)
     wait_for_login: bool = False  # the scenario wants the rebooted guest back at a login prompt
+    # The disk the stale-VMBus fault silences, when every other disk of the domain is on IDE: a capture
+    # kernel whose ata_piix ignores IDE disks (the Hyper-V quirk) then has no other way to its disk.
+    stale_disk: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ def settled(verdict: Verdict, events: list[Event], guest: Guest) -> Settled | No
         return Settled("S2", "the machine was reset after the panic")
     if verdict.verdict != Outcome.HANG or guest.rescuers:
         return None
+    if any(e.kind == H.STRANDED for e in events):
+        return Settled("S6", "the capture kernel cannot reach its disk and nothing can reset it")
     flags = capture_boots(events)
     ends = [i for i, e in enumerate(events) if e.kind == G.PANIC_END]
     if ends and ends[-1] == _last_guest_event(events) and not flags[ends[-1]]:
@@ -63,6 +71,39 @@ def settled(verdict: Verdict, events: list[Event], guest: Guest) -> Settled | No
         if events[i].kind == G.PANIC_END:
             return Settled("S5", "the capture kernel panicked and its command line has no panic=: it spins forever")
     return None
+
+
+def stranded(events: list[Event], guest: Guest) -> str | None:
+    """S6: why the capture kernel can never save a vmcore nor reset, or None while it still could.
+
+    Its disk is behind the paravirtual path the lab silenced (1 B/s) before it started, its ata_piix says
+    it ignores the IDE disk, which is the domain's only other one, and nothing can reset it: no panic=N or
+    disk_timeout on its command line, no watchdog. Whatever it does next (wait, time out to a rescue
+    shell, panic) leaves it down; at 1 B/s a dump of tens of megabytes would take years."""
+    if not guest.stale_disk or guest.rescuers:
+        return None
+    flags = capture_boots(events)
+    faults = [i for i, e in enumerate(events) if e.kind == H.FAULT_APPLIED]
+    if not faults:
+        return None
+    banners = [i for i in range(faults[-1], len(events)) if flags[i] and events[i].kind == G.KERNEL_BANNER]
+    if not banners:
+        return None   # the capture kernel must start after the throttle, or it may have read its disk first
+    boot = events[banners[0]:]
+    ignored = next((e for e in boot if e.kind == G.ATA_IGNORED), None)
+    cmdline = _capture_cmdline(events, flags)
+    if ignored is None or cmdline is None or _resets_itself(cmdline):
+        return None
+    if any(e.kind in (G.DUMP_SAVING, G.DUMP_SAVED, G.DUMP_FAILED, G.REBOOT_ANNOUNCED) for e in boot):
+        return None
+    return (f"the capture kernel cannot reach its disk: {guest.stale_disk} (the paravirtual path) was silenced "
+            f"before it started, its ata_piix ignores the IDE disk ({ignored.text.strip()}), and nothing can "
+            f"reset it (no panic= or disk_timeout on its command line, no watchdog)")
+
+
+def _resets_itself(cmdline: str) -> bool:
+    panic, timer = PANIC_ARG.search(cmdline), DISK_TIMEOUT_ARG.search(cmdline)
+    return bool(panic and int(panic.group(1)) != 0) or bool(timer and int(timer.group(1)) > 0)
 
 
 def _last_guest_event(events: list[Event]) -> int | None:

@@ -318,7 +318,7 @@ def _cycle(events: list[Event], flags: list[bool], start: int, end: int, before:
         return Verdict(Outcome.HANG, last_stage, f"the machine halted after the panic: {h.text}{storage_note}".rstrip("."),
                        stages, ev(G.PANIC)[:1] + ev(G.REBOOT_ANNOUNCED)[-1:] + [h], "R4")
 
-    stall = ev(H.STALL)
+    stall = ev(H.STALL) or ev(H.STRANDED)   # no new stage by its deadline, or none possible (S6)
     announced = last_at.get(G.REBOOT_ANNOUNCED, -1)
     if announced >= 0 and progress < announced:
         a = span[announced]

@@ -77,6 +77,7 @@ class HostEvent(StrEnum):
     FAULT_LIFTED = "fault_lifted"              # ... and answers again after the reset
     STALL = "stall"                            # no new stage within the stage's deadline
     SETTLED = "settled"                        # an early rule (lab/settle.py) made the verdict certain
+    STRANDED = "stranded"                      # the capture kernel has no way left to its disk nor to a reset (S6)
     CONSOLE_CLOSED = "console_closed"
     POWERED_OFF = "powered_off"                # the guest shut down cleanly for the disk check
     POWEROFF_TIMEOUT = "poweroff_timeout"

@@ -89,3 +89,22 @@ def test_the_offline_image_has_no_network():
     root = ET.fromstring(render())
     assert root.find("./devices/interface") is None
     assert root.find("./os/boot") is None
+
+
+def test_only_the_gen1_model_with_its_disk_silenced_can_strand_a_capture_kernel():
+    """S6's facts from the domain (lab/follow.py what_settles): the silenced disk, and every other disk on
+    IDE; a watchdog, or another kind of disk, leaves the capture kernel a way out."""
+    from types import SimpleNamespace
+    from lab.follow import what_settles
+
+    def guest(profile, scenario_name, xml=None):
+        dom = SimpleNamespace(xml=xml or render(profile))
+        return what_settles(dom, sc.BASE_SCENARIOS[scenario_name], {"kernel.panic": "0"})
+
+    assert guest("hyperv-gen1", "hyperv-kdump-default").stale_disk == "vda"
+    assert guest("hyperv-gen1", "hyperv-kdump-not-armed").stale_disk == ""   # no fault in that scenario
+    with_sata = render("hyperv-gen1").replace("</devices>", "<disk type='file' device='disk'><source file='/x'/>"
+                                              "<target dev='sdb' bus='sata'/></disk></devices>")
+    assert guest("hyperv-gen1", "hyperv-kdump-default", with_sata).stale_disk == ""
+    watched = render("hyperv-gen1").replace("</devices>", "<watchdog model='i6300esb' action='reset'/></devices>")
+    assert guest("hyperv-gen1", "hyperv-kdump-default", watched).rescuers == ("watchdog",)

@@ -7,29 +7,43 @@ import pytest
 
 from conftest import TRANSCRIPTS
 from lab import recorded
-from lab.settle import Guest, settled
-from lab.transcript import read
+from lab.settle import Guest, settled, stranded
+from lab.transcript import Event, read
 from lab.verdict import derive
+from lab.vocabulary import HostEvent
 from test_verdict_rules import CAPTURE, END, FIRST, PANIC
 
 HALTS = Guest(kernel_panic=0, armed=False, rescuers=())
 REBOOTS = Guest(kernel_panic=5, armed=False, rescuers=())
 ARMED = Guest(kernel_panic=0, armed=True, rescuers=())
+STALE_GEN1 = Guest(kernel_panic=0, armed=True, rescuers=(), stale_disk="vda")   # vda silenced, the rest on IDE
 
 
 def first_settled(events, guest):
     """(index of the event at which the verdict became certain, rule, verdict), or None."""
     for n in range(1, len(events) + 1):
-        verdict = derive(events[:n])
-        done = settled(verdict, events[:n], guest)
+        seen = events[:n]
+        why = stranded(seen, guest)
+        if why:   # the live runner notes it as a host event, which the verdict reads (lab/follow.py)
+            seen = seen + [Event(HostEvent.STRANDED, 0, why)]
+        verdict = derive(seen)
+        done = settled(verdict, seen, guest)
         if done:
             return n - 1, done.rule, verdict.verdict
     return None
 
 
-def recorded_events(name):
-    _header, raw = recorded.split((TRANSCRIPTS / name).read_bytes())
-    return read(raw)
+def recorded_events(name, host_events=False):
+    path = TRANSCRIPTS / name
+    _header, raw = recorded.split(path.read_bytes())
+    return recorded.replay(raw, path) if host_events else read(raw)
+
+
+def stuck_run_until_its_stall():
+    """The seed's hang as the live runner saw it (the fault applied at the panic), without the stall
+    deadline that ended that run: what S6 has to go on."""
+    return [e for e in recorded_events("gen1-default-capture-kernel-stuck.log", host_events=True)
+            if e.kind != HostEvent.STALL]
 
 
 @pytest.mark.parametrize("name,guest,rule,verdict,at", [
@@ -47,9 +61,49 @@ def test_a_recorded_run_settles_at_its_decisive_line(name, guest, rule, verdict,
     assert derive(events).verdict == verdict   # what the whole log says: settling early changed nothing
 
 
-def test_a_capture_kernel_waiting_for_its_disk_is_not_settled():
-    """The seed's hang: nothing terminal is printed, so only the stall deadline can end the watch."""
-    assert first_settled(recorded_events("gen1-default-capture-kernel-stuck.log"), ARMED) is None
+def test_a_capture_kernel_cut_off_from_its_disk_is_settled_when_its_ata_piix_ignores_ide():
+    """The seed's hang (S6): the lab silenced the paravirtual disk at the panic, the capture kernel then
+    says it ignores the IDE disk, and nothing on its command line can reset it."""
+    events = stuck_run_until_its_stall()
+    index, rule, verdict = first_settled(events, STALE_GEN1)
+    assert (rule, verdict) == ("S6", "hang")
+    assert "ATA device ignore set" in events[index].text
+    assert events[index].line > next(e.line for e in events if e.kind == "kernel_cmdline" and "elfcorehdr" in e.text)
+    whole = recorded_events("gen1-default-capture-kernel-stuck.log", host_events=True)
+    assert derive(whole).verdict == "hang"   # what the run said at its stall deadline
+
+
+@pytest.mark.parametrize("change,why", [
+    (lambda events: events, "without the fault's disk (another disk the capture kernel could reach)"),
+    (lambda events: [e for e in events if e.kind != HostEvent.FAULT_APPLIED], "the disk was never silenced"),
+    (lambda events: [e for e in events if e.kind != "ata_ignored"], "the IDE disk is not ignored: KB2858695's fix"),
+])
+def test_a_capture_kernel_waiting_for_its_disk_is_not_stranded_while_it_has_a_way(change, why):
+    guest = ARMED if why.startswith("without") else STALE_GEN1
+    assert first_settled(change(stuck_run_until_its_stall()), guest) is None, why
+
+
+@pytest.mark.parametrize("arg", ["panic=10", "panic=-1", "panic_lab.disk_timeout=30"])
+def test_a_capture_kernel_with_a_timer_that_resets_it_is_not_stranded(arg):
+    events = [Event(e.kind, e.line, e.text.replace("nr_cpus=1", f"nr_cpus=1 {arg}"), e.stack, e.t, e.kt,
+                    tuple(g.replace("nr_cpus=1", f"nr_cpus=1 {arg}") if isinstance(g, str) else g for g in e.groups))
+              for e in stuck_run_until_its_stall()]
+    assert first_settled(events, STALE_GEN1) is None
+
+
+def test_a_capture_kernel_started_before_the_disk_was_silenced_is_not_stranded():
+    """It may have read its disk before the throttle came: only a capture kernel started after it is cut off."""
+    events = stuck_run_until_its_stall()
+    fault = next(e for e in events if e.kind == HostEvent.FAULT_APPLIED)
+    events.remove(fault)
+    ata = next(i for i, e in enumerate(events) if e.kind == "ata_ignored" and e.line > 700)
+    events.insert(ata, fault)
+    assert first_settled(events, STALE_GEN1) is None
+
+
+def test_a_watchdog_keeps_a_stranded_capture_kernel_open():
+    guest = Guest(kernel_panic=0, armed=True, rescuers=("watchdog",), stale_disk="vda")
+    assert first_settled(stuck_run_until_its_stall(), guest) is None
 
 
 @pytest.mark.parametrize("guest,why", [

@@ -88,3 +88,20 @@ def test_closing_the_console_keeps_what_was_still_unread(tmp_path):
     console.close()
     transcript.close()
     assert (tmp_path / "console.log").read_bytes().replace(b"\r", b"") == b"guest line 1\nguest line 2\n"
+
+
+def test_the_longest_runs_start_first_and_the_reports_keep_the_order_asked(tmp_path, monkeypatch):
+    """A capture kernel's run outlasts a reset or a halt: started last, it would leave a slot idle beside it."""
+    monkeypatch.setattr(batch.image_mod, "ensure", lambda name, log=None, kernel="": None)
+    started, gate = [], threading.Barrier(2, timeout=10)
+
+    def run(scenario, results, log, snapshot=False):
+        started.append(scenario.name)
+        if len(started) <= 2:
+            gate.wait()   # both slots taken before either run ends: the first two starts are the pool's choice
+        return Reported({"scenario": {"name": scenario.name}, "verdict": "hang"})
+    monkeypatch.setattr(batch, "run", run)
+    names = ["panic-reboot", "panic-hang", "hyperv-kdump-default", "hyperv-kdump-kb2858695"]
+    reports = batch.run_many([BASE_SCENARIOS[n] for n in names], tmp_path, parallel=2)
+    assert sorted(started[:2]) == ["hyperv-kdump-default", "hyperv-kdump-kb2858695"]
+    assert [r["scenario"]["name"] for r in reports] == names
