@@ -31,9 +31,11 @@ def default_parallel(scenarios: list[Scenario], placement: Placement | None = No
 
 
 def likely_length(scenario: Scenario) -> int:
-    """A rough rank of how long a run lasts: a capture kernel boots a second time (and may save a dump),
-    and following a reset guest to its login boots it again; a reset or a halt alone ends sooner."""
-    return int(scenario.kdump and scenario.crashkernel_mib() > 0) + int(scenario.wait_for_login)
+    """A rough rank of how long a run lasts: a capture kernel boots a second time, saving a dump takes
+    longest of all, and following a reset guest to its login boots it again; a reset or a halt alone
+    ends sooner."""
+    capture = scenario.kdump and scenario.crashkernel != "0"
+    return int(capture) + int(capture and scenario.expect == "dump") + int(scenario.wait_for_login)
 
 
 def run_many(scenarios: list[Scenario], results: Path, parallel: int, log=sys.stderr, snapshot: bool = False,

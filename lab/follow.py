@@ -88,9 +88,12 @@ def what_settles(dom: Domain, scenario: Scenario, preflight: dict) -> settle.Gue
     devices = devices if devices is not None else []
     rescuers = tuple(d.tag for d in devices if d.tag in ("watchdog", "panic"))
     stale = STALE_VMBUS_TARGET.get(scenario.profile, "") if scenario.fault == "stale-vmbus" else ""
-    disks = [d.find("target") for d in devices if d.tag == "disk" and d.get("device") == "disk"]
-    if any(t is None or (t.get("dev") != stale and t.get("bus") != "ide") for t in disks):
-        stale = ""   # another disk a capture kernel could reach: S6 does not apply
+    disks = [d.find("target") for d in devices if d.tag == "disk" and d.get("device", "disk") in ("disk", "lun")]
+    targets = [t.get("dev") if t is not None else None for t in disks]
+    others = [t for t in disks if t is None or t.get("dev") != stale]
+    if (stale not in targets or any(t is None or t.get("bus") != "ide" for t in others)
+            or any(d.tag in ("filesystem", "hostdev") for d in devices)):
+        stale = ""   # another way to a disk that a capture kernel could take: S6 does not apply
     return settle.Guest(kernel_panic=int(panic) if panic.lstrip("-").isdigit() else None,
                         armed=preflight.get("kexec_crash_loaded") == "1", rescuers=rescuers,
                         wait_for_login=scenario.wait_for_login, stale_disk=stale)

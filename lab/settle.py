@@ -11,14 +11,16 @@ import re
 from dataclasses import dataclass
 
 from .transcript import Event
-from .verdict import Verdict, capture_boots
+from .verdict import RESET_KINDS, Verdict, capture_boots
 from .vocabulary import Outcome, Stage
 from .vocabulary import GuestEvent as G
 from .vocabulary import HostEvent as H
 
-PANIC_ARG = re.compile(r"(?:^|\s)panic=(-?\d+)")
-# The lab's initrd timer for kdump.conf's disk_timeout (lab/follow.py CAPTURE_TIMERS): it resets the guest.
-DISK_TIMEOUT_ARG = re.compile(r"(?:^|\s)panic_lab\.disk_timeout=(\d+)")
+# Timers on a capture kernel's command line that reset it: panic= (the kernel's, and initramfs-tools'
+# panic() reads it too), and the lab's initrd timer for kdump.conf's disk_timeout (lab/follow.py).
+# Any value but a plain 0 counts: the kernel reads 0x10 as 16, initramfs-tools reboots on 0.5, and a
+# repeated argument's last value wins.
+RESET_TIMER_ARG = re.compile(r"(?:^|\s)(?:panic|panic_lab\.disk_timeout)=(\S*)")
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,7 @@ def settled(verdict: Verdict, events: list[Event], guest: Guest) -> Settled | No
                                  "the kernel now spins forever")
         return None
     cmdline = _capture_cmdline(events, flags)
-    panic_arg = PANIC_ARG.search(cmdline or "")
-    if cmdline is None or (panic_arg and int(panic_arg.group(1)) != 0):
+    if cmdline is None or _resets_itself(cmdline):
         return None   # a capture kernel with panic=N reboots on its own (initramfs panic() reads it too)
     i = _last_guest_event(events)
     if i is not None and flags[i]:
@@ -78,32 +79,36 @@ def stranded(events: list[Event], guest: Guest) -> str | None:
 
     Its disk is behind the paravirtual path the lab silenced (1 B/s) before it started, its ata_piix says
     it ignores the IDE disk, which is the domain's only other one, and nothing can reset it: no panic=N or
-    disk_timeout on its command line, no watchdog. Whatever it does next (wait, time out to a rescue
-    shell, panic) leaves it down; at 1 B/s a dump of tens of megabytes would take years."""
-    if not guest.stale_disk or guest.rescuers:
+    disk_timeout on its command line, no watchdog or panic device. Whatever it does next (wait, time out
+    to a rescue shell, panic) leaves it down; at 1 B/s a dump of tens of megabytes would take years."""
+    if not guest.stale_disk or guest.rescuers or guest.wait_for_login:
         return None
     flags = capture_boots(events)
     faults = [i for i, e in enumerate(events) if e.kind == H.FAULT_APPLIED]
     if not faults:
         return None
-    banners = [i for i in range(faults[-1], len(events)) if flags[i] and events[i].kind == G.KERNEL_BANNER]
-    if not banners:
-        return None   # the capture kernel must start after the throttle, or it may have read its disk first
-    boot = events[banners[0]:]
+    after = events[faults[-1]:]
+    start = next((i for i, e in enumerate(after) if e.kind == G.KERNEL_BANNER), None)
+    if start is None or not flags[faults[-1] + start]:
+        return None   # the next kernel must be a capture kernel started after the throttle
+    boot = []
+    for e in after[start:]:
+        if boot and (e.kind in (G.KERNEL_BANNER, H.FAULT_LIFTED) or e.kind in RESET_KINDS):
+            return None   # that capture kernel is over: whatever came next, it was not stranded
+        boot.append(e)
     ignored = next((e for e in boot if e.kind == G.ATA_IGNORED), None)
-    cmdline = _capture_cmdline(events, flags)
+    cmdline = next((e.groups[0] if e.groups else e.text for e in boot if e.kind == G.KERNEL_CMDLINE), None)
     if ignored is None or cmdline is None or _resets_itself(cmdline):
         return None
     if any(e.kind in (G.DUMP_SAVING, G.DUMP_SAVED, G.DUMP_FAILED, G.REBOOT_ANNOUNCED) for e in boot):
         return None
     return (f"the capture kernel cannot reach its disk: {guest.stale_disk} (the paravirtual path) was silenced "
             f"before it started, its ata_piix ignores the IDE disk ({ignored.text.strip()}), and nothing can "
-            f"reset it (no panic= or disk_timeout on its command line, no watchdog)")
+            f"reset it (no panic= or disk_timeout on its command line, no watchdog or panic device)")
 
 
 def _resets_itself(cmdline: str) -> bool:
-    panic, timer = PANIC_ARG.search(cmdline), DISK_TIMEOUT_ARG.search(cmdline)
-    return bool(panic and int(panic.group(1)) != 0) or bool(timer and int(timer.group(1)) > 0)
+    return any(value != "0" for value in RESET_TIMER_ARG.findall(cmdline))
 
 
 def _last_guest_event(events: list[Event]) -> int | None:

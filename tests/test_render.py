@@ -103,8 +103,9 @@ def test_only_the_gen1_model_with_its_disk_silenced_can_strand_a_capture_kernel(
 
     assert guest("hyperv-gen1", "hyperv-kdump-default").stale_disk == "vda"
     assert guest("hyperv-gen1", "hyperv-kdump-not-armed").stale_disk == ""   # no fault in that scenario
-    with_sata = render("hyperv-gen1").replace("</devices>", "<disk type='file' device='disk'><source file='/x'/>"
-                                              "<target dev='sdb' bus='sata'/></disk></devices>")
-    assert guest("hyperv-gen1", "hyperv-kdump-default", with_sata).stale_disk == ""
-    watched = render("hyperv-gen1").replace("</devices>", "<watchdog model='i6300esb' action='reset'/></devices>")
-    assert guest("hyperv-gen1", "hyperv-kdump-default", watched).rescuers == ("watchdog",)
+    for extra in ("<disk type='file' device='disk'><source file='/x'/><target dev='sdb' bus='sata'/></disk>",
+                  "<disk type='file'><source file='/x'/><target dev='vdb' bus='virtio'/></disk>",   # device defaults to disk
+                  "<disk type='block' device='lun'><source dev='/dev/x'/><target dev='sdc' bus='scsi'/></disk>",
+                  "<filesystem type='mount'><source dir='/x'/><target dir='dump'/></filesystem>"):
+        more = render("hyperv-gen1").replace("</devices>", extra + "</devices>")
+        assert guest("hyperv-gen1", "hyperv-kdump-default", more).stale_disk == "", extra

@@ -83,12 +83,24 @@ def test_a_capture_kernel_waiting_for_its_disk_is_not_stranded_while_it_has_a_wa
     assert first_settled(change(stuck_run_until_its_stall()), guest) is None, why
 
 
-@pytest.mark.parametrize("arg", ["panic=10", "panic=-1", "panic_lab.disk_timeout=30"])
-def test_a_capture_kernel_with_a_timer_that_resets_it_is_not_stranded(arg):
-    events = [Event(e.kind, e.line, e.text.replace("nr_cpus=1", f"nr_cpus=1 {arg}"), e.stack, e.t, e.kt,
-                    tuple(g.replace("nr_cpus=1", f"nr_cpus=1 {arg}") if isinstance(g, str) else g for g in e.groups))
-              for e in stuck_run_until_its_stall()]
-    assert first_settled(events, STALE_GEN1) is None
+def with_capture_args(events, args):
+    """The recorded run, its capture kernel's command line with more arguments."""
+    def more(text):
+        return text.replace("nr_cpus=1", f"nr_cpus=1 {args}") if isinstance(text, str) else text
+    return [Event(e.kind, e.line, more(e.text), e.stack, e.t, e.kt, tuple(map(more, e.groups))) for e in events]
+
+
+@pytest.mark.parametrize("args", ["panic=10", "panic=-1", "panic_lab.disk_timeout=30",
+                                  "panic=0 panic=10",   # the last one counts
+                                  "panic=0x10", "panic=0.5"])   # the kernel reads 16; initramfs-tools reboots
+def test_a_capture_kernel_with_a_timer_that_resets_it_is_not_stranded(args):
+    assert first_settled(with_capture_args(stuck_run_until_its_stall(), args), STALE_GEN1) is None
+
+
+@pytest.mark.parametrize("args", ["panic=0", "panic_lab.disk_timeout=0", "oops=panic", "hung_task_panic=1"])
+def test_arguments_that_cannot_reset_it_leave_it_stranded(args):
+    """A panic with no panic timeout spins: oops=panic and hung_task_panic only lead there."""
+    assert first_settled(with_capture_args(stuck_run_until_its_stall(), args), STALE_GEN1)[1:] == ("S6", "hang")
 
 
 def test_a_capture_kernel_started_before_the_disk_was_silenced_is_not_stranded():
@@ -101,9 +113,32 @@ def test_a_capture_kernel_started_before_the_disk_was_silenced_is_not_stranded()
     assert first_settled(events, STALE_GEN1) is None
 
 
-def test_a_watchdog_keeps_a_stranded_capture_kernel_open():
-    guest = Guest(kernel_panic=0, armed=True, rescuers=("watchdog",), stale_disk="vda")
-    assert first_settled(stuck_run_until_its_stall(), guest) is None
+@pytest.mark.parametrize("guest", [Guest(0, True, ("watchdog",), stale_disk="vda"), Guest(0, True, ("panic",), stale_disk="vda"),
+                                   Guest(0, True, (), wait_for_login=True, stale_disk="vda")],
+                         ids=["a watchdog", "a panic device", "a scenario that follows the guest to its login"])
+def test_a_stranded_capture_kernel_is_left_open_when(guest):
+    events = stuck_run_until_its_stall()
+    assert all(stranded(events[:n], guest) is None for n in range(1, len(events) + 1))
+
+
+def test_the_first_kernel_s_own_quirk_line_after_a_reset_is_not_a_stranded_capture_kernel():
+    """Only the capture kernel that started after the throttle counts, and only while it lasts."""
+    events = stuck_run_until_its_stall()
+    capture_ata = next(i for i, e in enumerate(events) if e.kind == "ata_ignored" and e.line > 700)
+    first_boot = [next(e for e in events if e.kind == kind) for kind in ("firmware", "kernel_banner", "ata_ignored")]
+    assert all(0 < e.line < 700 for e in first_boot)   # the first kernel's, before the panic
+    later = [Event("restart", capture_ata + 1, "reboot: Restarting system", "linux")] + first_boot
+    assert stranded(events[:capture_ata] + later, STALE_GEN1) is None
+
+
+def test_the_kb_fix_dumps_through_ide_with_the_disk_silenced():
+    """The recorded KB2858695 run with the fault as the live run applies it: its capture kernel keeps the
+    IDE disk (no quirk line), saves the vmcore and resets: S1, never S6."""
+    events = recorded_events("gen1-kb2858695-dump-through-ide.log")
+    panic = next(i for i, e in enumerate(events) if e.kind == "panic")
+    events.insert(panic + 1, Event(HostEvent.FAULT_APPLIED, 0, "stale-vmbus: vda throttled to 1 B/s at the panic"))
+    assert all(stranded(events[:n], STALE_GEN1) is None for n in range(1, len(events) + 1))
+    assert first_settled(events, STALE_GEN1)[1:] == ("S1", "dump")
 
 
 @pytest.mark.parametrize("guest,why", [
@@ -131,6 +166,12 @@ def test_a_capture_kernel_at_a_rescue_shell_without_panic_arg_is_terminal():
 
 def test_a_capture_kernel_with_panic_arg_will_reboot_from_its_rescue_shell():
     capture = CAPTURE.replace(b"nr_cpus=1", b"nr_cpus=1 panic=10")
+    events = read(FIRST + PANIC + capture + b"Gave up waiting for root file system device.\n(initramfs) ")
+    assert first_settled(events, ARMED) is None
+
+
+def test_a_capture_kernel_at_a_rescue_shell_with_the_labs_disk_timeout_will_be_reset():
+    capture = CAPTURE.replace(b"nr_cpus=1", b"nr_cpus=1 panic_lab.disk_timeout=30")
     events = read(FIRST + PANIC + capture + b"Gave up waiting for root file system device.\n(initramfs) ")
     assert first_settled(events, ARMED) is None
 
