@@ -33,7 +33,10 @@ def default_parallel(scenarios: list[Scenario], placement: Placement | None = No
 def likely_length(scenario: Scenario) -> int:
     """A rough rank of how long a run lasts: a capture kernel boots a second time, saving a dump takes
     longest of all, and following a reset guest to its login boots it again; a reset or a halt alone
-    ends sooner."""
+    ends sooner. A kept guest ranks last: under TCG a kernel spinning in panic() keeps a host core busy
+    until it is stopped, so it should not share the host with the rest of the batch."""
+    if scenario.keep:
+        return -1
     capture = scenario.kdump and scenario.crashkernel != "0"
     return int(capture) + int(capture and scenario.expect == "dump") + int(scenario.wait_for_login)
 

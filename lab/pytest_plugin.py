@@ -152,23 +152,12 @@ def _scenario_of(item, config):
     return sc.with_overrides(sc.resolve(marker.kwargs["scenario"]), overrides)
 
 
-def _longest_first(scenario) -> int:
-    """Runs that wait longest after the panic start first, so that a batch does not end on one long run
-    with a core idle: a capture kernel left to its stall deadline, then a dump, then the rest. A kept
-    guest goes last: a kernel spinning in panic() keeps a host core busy under TCG until it is stopped."""
-    if scenario.keep:
-        return 3
-    if scenario.kdump and scenario.crashkernel != "0":
-        return 0 if scenario.expect == "hang" else 1
-    return 2
-
-
 def _run_all(session, results: Path) -> dict:
     """Every scenario the session's selected tests ask for, once, side by side as one batch: guests
     under TCG each keep a core busy, so the batch runs as many at once as the host has cores and memory."""
     from . import batch
     wanted = list(dict.fromkeys(s for s in (_scenario_of(item, session.config) for item in session.items) if s))
-    wanted.sort(key=_longest_first)
+    # batch.run_many starts the longest runs first, and keeps the reports in this order.
     reports = batch.run_many(wanted, results, batch.default_parallel(wanted))
     return {scenario: Run.from_report(report) for scenario, report in zip(wanted, reports)}
 
