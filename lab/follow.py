@@ -123,7 +123,7 @@ def follow(console: Console, dom: Domain, scenario: Scenario, top: Timeout, say,
         for event in new:
             if event.kind == GuestEvent.KERNEL_CMDLINE and CAPTURE_CMDLINE.search(event.text):
                 limits[Stage.CAPTURE_KERNEL_BOOTED], why_limit[Stage.CAPTURE_KERNEL_BOOTED] = \
-                    capture_deadline(scenario, event.groups[0] if event.groups else event.text)
+                    capture_deadline(scenario, event.value)
         if new or pending:
             events = transcript.events()
             verdict = derive(events)

@@ -97,7 +97,7 @@ def stranded(events: list[Event], guest: Guest) -> str | None:
             return None   # that capture kernel is over: whatever came next, it was not stranded
         boot.append(e)
     ignored = next((e for e in boot if e.kind == G.ATA_IGNORED), None)
-    cmdline = next((e.groups[0] if e.groups else e.text for e in boot if e.kind == G.KERNEL_CMDLINE), None)
+    cmdline = next((e.value for e in boot if e.kind == G.KERNEL_CMDLINE), None)
     if ignored is None or cmdline is None or _resets_itself(cmdline):
         return None
     if any(e.kind in (G.DUMP_SAVING, G.DUMP_SAVED, G.DUMP_FAILED, G.REBOOT_ANNOUNCED) for e in boot):
@@ -128,4 +128,4 @@ def _capture_cmdline(events: list[Event], flags: list[bool]) -> str | None:
     lines = [e for e, capture in zip(events, flags) if capture and e.kind == G.KERNEL_CMDLINE]
     if not lines:
         return None
-    return lines[-1].groups[0] if lines[-1].groups else lines[-1].text
+    return lines[-1].value

@@ -44,6 +44,11 @@ class Event:
     kt: float | None = None   # kernel timestamp printed on the line, where there is one
     groups: tuple = field(default_factory=tuple)
 
+    @property
+    def value(self) -> str:
+        """What the marker captured (a command line's arguments), or the whole line if it captured nothing."""
+        return self.groups[0] if self.groups else self.text
+
 
 def clean(raw: str) -> tuple[str, float | None]:
     """One console line as a reader sees it, and its kernel timestamp if it has one."""

@@ -120,7 +120,7 @@ def capture_boots(events: list[Event]) -> list[bool]:
             e = events[i]
             kind = e.kind
             if kind == cmdline:
-                capture = bool(CAPTURE_CMDLINE.search(e.groups[0] if e.groups else e.text))
+                capture = bool(CAPTURE_CMDLINE.search(e.value))
                 cmdline_line = e.line
             elif kind == wrapped and cmdline_line and 0 < e.line - cmdline_line <= WRAP_LINES:
                 capture = True   # the same command line, wrapped

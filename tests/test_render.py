@@ -93,7 +93,7 @@ def test_the_offline_image_has_no_network():
 
 def test_only_the_gen1_model_with_its_disk_silenced_can_strand_a_capture_kernel():
     """S6's facts from the domain (lab/follow.py what_settles): the silenced disk, and every other disk on
-    IDE; a watchdog, or another kind of disk, leaves the capture kernel a way out."""
+    IDE; another disk, of any kind or bus, or a shared filesystem leaves the capture kernel a way out."""
     from types import SimpleNamespace
     from lab.follow import what_settles
 
